@@ -1,0 +1,39 @@
+# cul8er's developer and CI entry points. On a fresh machine, run them through ./dev,
+# which installs `just` first: `./dev demo`, `./dev test`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Bring up the real test environment: Incus, the pool, the test images, TLS, the cluster.
+setup:
+    bash scripts/incus-env.sh up
+
+# Remove everything `setup` created that the tests use (daemons, cluster, images).
+teardown:
+    bash scripts/incus-env.sh down
+
+# Show the client working against the local Incus (the demo deploy arrives with `apply`).
+demo: setup
+    cargo run --quiet -p cul8er-cli -- --help
+
+# Every test: unit, decoding, and live against the real Incus environment.
+test: setup
+    if cargo nextest --version >/dev/null 2>&1; then \
+        cargo nextest run --workspace --no-fail-fast; \
+    else \
+        cargo test --workspace --no-fail-fast --lib --bins --tests; \
+    fi
+    cargo test --workspace --doc
+
+# Formatting, lints and docs, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# The benchmarks, each printed side by side with its peers and as ratios.
+bench: setup
+    @echo "no benchmarks yet"
