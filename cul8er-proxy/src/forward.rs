@@ -1,0 +1,496 @@
+//! One HTTP request through the proxy: route, pick a backend, rewrite headers, send,
+//! retry an idempotent request on connect failure, and stream the answer back.
+//!
+//! The proxy's own answers (404 no route, 502, 503 no healthy backend, 504) have a
+//! plain-text body that says what happened, so a client never waits on nothing.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::backend::ActiveGuard;
+use crate::config::UpstreamProtocol;
+use crate::io::{Activity, InFlight};
+use crate::runtime::{ServiceRuntime, Shared};
+use crate::server::Tunnel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What every request on one client connection shares.
+pub(crate) struct RequestContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) client: IpAddr,
+    pub(crate) tls: bool,
+    pub(crate) tunnels: mpsc::UnboundedSender<Tunnel>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+/// The body of a response the proxy sends to its client.
+pub(crate) enum ProxyBody {
+    /// The proxy's own answer.
+    Local(Option<Bytes>),
+    /// A backend's answer, counted as in flight until it ends.
+    Upstream(Box<Tracked>),
+}
+
+pub(crate) struct Tracked {
+    body: Incoming,
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    active: ActiveGuard,
+    _in_flight: InFlight,
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream(tracked) => {
+                let backend = tracked.active.backend();
+                if backend.cut.is_cancelled() {
+                    return Poll::Ready(Some(Err(DRAIN_CUT.into())));
+                }
+                match Pin::new(&mut tracked.body).poll_frame(cx) {
+                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                    Poll::Pending => {
+                        // Only a waiting body needs waking when its backend is cut.
+                        let cut = tracked
+                            .cut
+                            .get_or_insert_with(|| Box::pin(backend.cut.clone().cancelled_owned()));
+                        match cut.as_mut().poll(cx) {
+                            Poll::Ready(()) => Poll::Ready(Some(Err(DRAIN_CUT.into()))),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Local(bytes) => bytes.is_none(),
+            Self::Upstream(tracked) => tracked.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Self::Upstream(tracked) => tracked.body.size_hint(),
+        }
+    }
+}
+
+const DRAIN_CUT: &str = "the backend was removed and its drain timeout ran out";
+
+fn local(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Local(Some(Bytes::from(message + "\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Handles one request from a client.
+pub(crate) async fn handle(
+    context: &RequestContext,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let in_flight = InFlight::new(context.activity.clone());
+    let host = request_host(&request)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let service = {
+        let snapshot = context.shared.snapshot.load();
+        let Some(listener) = snapshot.listeners.get(&*context.listener) else {
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this listener is shutting down".into(),
+            );
+        };
+        let Some(name) = listener.route(&host, request.uri().path()) else {
+            return local(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "404 Not Found: no route on listener '{}' for host '{host}' and path '{}'",
+                    context.listener,
+                    request.uri().path()
+                ),
+            );
+        };
+        match snapshot.services.get(name) {
+            Some(service) => service.clone(),
+            None => {
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("service '{name}' is gone"),
+                );
+            }
+        }
+    };
+    forward(context, &service, request, host, in_flight).await
+}
+
+async fn forward(
+    context: &RequestContext,
+    service: &ServiceRuntime,
+    mut request: Request<Incoming>,
+    host: String,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let upgrade = request.version() == Version::HTTP_11
+        && request.headers().get(header::UPGRADE).is_some()
+        && connection_has(request.headers(), "upgrade");
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let upgrade_protocol = upgrade
+        .then(|| request.headers().get(header::UPGRADE).cloned())
+        .flatten();
+
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = upgrade_protocol {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    add_forwarding(&mut headers, context.client, context.tls, &host);
+
+    let retryable = !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
+    let attempts = if retryable {
+        service.config.retries as usize + 1
+    } else {
+        1
+    };
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let version = match service.config.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let mut body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure = None;
+    for attempt in 0..attempts {
+        let Some(index) = service.pick(&tried) else {
+            break;
+        };
+        let backend = service.backends[index].clone();
+        let mut uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.authority.clone());
+        if let Some(pq) = &path_and_query {
+            uri = uri.path_and_query(pq.clone());
+        } else {
+            uri = uri.path_and_query("/");
+        }
+        let Ok(uri) = uri.build() else {
+            return local(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: unusable request target".into(),
+            );
+        };
+        let last = attempt + 1 == attempts;
+        // A retryable request has no body, so every attempt can send an empty one.
+        let upstream_body = if retryable {
+            Either::Right(Empty::new())
+        } else {
+            match body.take() {
+                Some(b) => Either::Left(b),
+                None => break,
+            }
+        };
+        let mut outbound = Request::new(upstream_body);
+        *outbound.method_mut() = parts.method.clone();
+        *outbound.uri_mut() = uri;
+        *outbound.version_mut() = version;
+        *outbound.headers_mut() = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(
+                service.config.timeouts.response_headers,
+                service.client.request(outbound),
+            ) => sent,
+            () = backend.cut.cancelled() => {
+                backend.metrics.record_error(started.elapsed());
+                return local(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: {DRAIN_CUT}"));
+            }
+        };
+        let elapsed = started.elapsed();
+        match sent {
+            Ok(Ok(mut response)) => {
+                let status = response.status();
+                backend.metrics.record_response(status.as_u16(), elapsed);
+                backend.record_outcome(!status.is_server_error());
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        let backend_upgrade = hyper::upgrade::on(&mut response);
+                        let tunnel: Tunnel = Box::pin(async move {
+                            let (client, upstream) = tokio::join!(client_upgrade, backend_upgrade);
+                            if let (Ok(client), Ok(upstream)) = (client, upstream) {
+                                let mut client = TokioIo::new(client);
+                                let mut upstream = TokioIo::new(upstream);
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                                    () = guard.backend().cut.cancelled() => {}
+                                }
+                            }
+                            drop(guard);
+                        });
+                        let _ = context.tunnels.send(tunnel);
+                    }
+                    let (parts, _) = response.into_parts();
+                    return Response::from_parts(parts, ProxyBody::Local(None));
+                }
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let tracked = Tracked {
+                    body,
+                    cut: None,
+                    active: guard,
+                    _in_flight: in_flight,
+                };
+                return Response::from_parts(parts, ProxyBody::Upstream(Box::new(tracked)));
+            }
+            Ok(Err(error)) => {
+                backend.metrics.record_error(elapsed);
+                backend.record_outcome(false);
+                let connect = error.is_connect();
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name, %error,
+                    connect, "backend request failed"
+                );
+                last_failure = Some(format!(
+                    "502 Bad Gateway: backend '{}' ({}) {}",
+                    backend.name,
+                    backend.address,
+                    if connect {
+                        "refused or did not accept the connection"
+                    } else {
+                        "failed the exchange"
+                    }
+                ));
+                if !connect {
+                    break;
+                }
+                tried.push(index);
+            }
+            Err(_) => {
+                backend.metrics.record_error(elapsed);
+                backend.record_outcome(false);
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "504 Gateway Timeout: backend '{}' sent no response headers within {}",
+                        backend.name,
+                        crate::config::format_duration(service.config.timeouts.response_headers)
+                    ),
+                );
+            }
+        }
+    }
+    match last_failure {
+        Some(message) => local(StatusCode::BAD_GATEWAY, message),
+        None => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("503 Service Unavailable: {}", service.unavailable_reason()),
+        ),
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    let raw = match request.uri().host() {
+        Some(host) => return Some(host.trim_start_matches('[').trim_end_matches(']')),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    if let Some(v6) = raw.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    raw.split(':').next()
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1): those named in `Connection` and the
+/// fixed list; `TE: trailers` is kept, as gRPC over HTTP/2 needs it.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto`
+/// and, when absent, `X-Forwarded-Host`.
+fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: &str) {
+    let proto = if tls { "https" } else { "http" };
+    let client_text = client.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {client_text}"),
+        None => client_text.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && !host.is_empty()
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST, value);
+    }
+    let node = match client {
+        IpAddr::V4(_) => client_text,
+        IpAddr::V6(_) => format!("\"[{client_text}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if !host.is_empty() {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {element}"),
+        None => element,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.contains_key(header::TE));
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_earlier_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        add_forwarding(&mut headers, "::1".parse().unwrap(), true, "app.example");
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, ::1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[X_FORWARDED_HOST], "app.example");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=\"[::1]\";proto=https;host=\"app.example\""
+        );
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_or_the_header_without_port() {
+        let r = Request::get("http://a.example:8080/x").body(()).unwrap();
+        assert_eq!(request_host(&r), Some("a.example"));
+        let r = Request::get("/x")
+            .header("host", "b.example:81")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Some("b.example"));
+        let r = Request::get("/x")
+            .header("host", "[::1]:81")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Some("::1"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Connection plumbing: the PROXY protocol header, replaying bytes read past it, and
+//! idle tracking for client connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use ppp::{HeaderResult, PartialResult};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// The longest PROXY header: v2's 16-byte preamble plus the largest address block with
+/// room for TLVs. Anything longer is refused.
+const MAX_PROXY_HEADER: usize = 16 + 536;
+
+/// Why a PROXY protocol header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyHeaderError {
+    /// The connection failed or closed before a full header arrived.
+    #[error("the connection ended before a complete PROXY protocol header")]
+    Io(#[source] io::Error),
+    /// The first bytes are not a PROXY protocol header.
+    #[error("the connection does not start with a PROXY protocol v1 or v2 header: {0}")]
+    Invalid(String),
+    /// The header did not arrive in time.
+    #[error("no PROXY protocol header within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads a PROXY v1 or v2 header. Returns the stream (replaying any bytes read past the
+/// header) and the client address it carries (`None` for `LOCAL`/`UNKNOWN`).
+///
+/// # Errors
+/// [`ProxyHeaderError`] when the header is missing, malformed or late.
+pub async fn read_proxy_header<S: AsyncRead + Unpin>(
+    mut stream: S,
+    timeout: Duration,
+) -> Result<(PrefixedIo<S>, Option<SocketAddr>), ProxyHeaderError> {
+    let mut buf = BytesMut::with_capacity(256);
+    let read = async {
+        loop {
+            if buf.len() >= MAX_PROXY_HEADER {
+                return Err(ProxyHeaderError::Invalid("header too long".to_owned()));
+            }
+            let n = stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(ProxyHeaderError::Io)?;
+            if n == 0 {
+                return Err(ProxyHeaderError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let parsed = HeaderResult::parse(&buf);
+            if parsed.is_incomplete() {
+                continue;
+            }
+            return match parsed {
+                HeaderResult::V1(Ok(header)) => {
+                    let source = match header.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Tcp6(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Unknown => None,
+                    };
+                    Ok((header.header.len(), source))
+                }
+                HeaderResult::V2(Ok(header)) => {
+                    let source = match (header.command, header.addresses) {
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        _ => None,
+                    };
+                    Ok((header.len(), source))
+                }
+                HeaderResult::V1(Err(e)) => Err(ProxyHeaderError::Invalid(e.to_string())),
+                HeaderResult::V2(Err(e)) => Err(ProxyHeaderError::Invalid(e.to_string())),
+            };
+        }
+    };
+    let (length, source) = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ProxyHeaderError::Timeout(timeout))??;
+    buf.advance(length);
+    Ok((
+        PrefixedIo {
+            prefix: buf.freeze(),
+            inner: stream,
+        },
+        source,
+    ))
+}
+
+/// A stream that first yields bytes already read from it.
+#[derive(Debug)]
+pub struct PrefixedIo<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> PrefixedIo<S> {
+    /// Wraps a stream with nothing to replay.
+    pub fn new(inner: S) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// When a connection last moved bytes and how many requests it has in flight.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Relaxed);
+    }
+
+    /// When the connection becomes idle-expired if nothing happens until then.
+    pub(crate) fn deadline(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Relaxed)) + idle
+    }
+
+    /// Whether the connection has been idle for `idle` with nothing in flight.
+    pub(crate) fn expired(&self, idle: Duration) -> bool {
+        self.in_flight.load(Relaxed) == 0 && Instant::now() >= self.deadline(idle)
+    }
+}
+
+/// Counts one request in flight on a connection.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub(crate) fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A stream that records when bytes last moved.
+#[derive(Debug)]
+pub(crate) struct IdleIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> IdleIo<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn parse(input: &[u8]) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
+        let (mut io, addr) = read_proxy_header(input, Duration::from_secs(1)).await?;
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        Ok((addr, rest))
+    }
+
+    #[tokio::test]
+    async fn v1_header_gives_the_client_and_keeps_what_follows() {
+        let (addr, rest) =
+            parse(b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\nGET / HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+        assert_eq!(addr, Some("10.1.2.3:40000".parse().unwrap()));
+        assert_eq!(rest, b"GET / HTTP/1.1\r\n\r\n");
+        let (addr, rest) = parse(b"PROXY UNKNOWN\r\nx").await.unwrap();
+        assert_eq!((addr, rest.as_slice()), (None, &b"x"[..]));
+    }
+
+    #[tokio::test]
+    async fn v2_header_gives_the_client_and_keeps_what_follows() {
+        let header = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (
+                "[2001:db8::7]:5555".parse::<SocketAddr>().unwrap(),
+                "[::1]:80".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .build()
+        .unwrap();
+        let mut input = header.clone();
+        input.extend_from_slice(b"hello");
+        let (addr, rest) = parse(&input).await.unwrap();
+        assert_eq!(addr, Some("[2001:db8::7]:5555".parse().unwrap()));
+        assert_eq!(rest, b"hello");
+    }
+
+    #[tokio::test]
+    async fn plain_traffic_is_refused() {
+        let err = parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyHeaderError::Invalid(_)), "{err}");
+        let err = parse(b"PROXY TCP4 1.2.3.4").await.unwrap_err();
+        assert!(matches!(err, ProxyHeaderError::Io(_)), "{err}");
+    }
+}

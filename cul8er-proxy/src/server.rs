@@ -1,0 +1,234 @@
+//! The accept side: listener loops, the PROXY header and TLS handshake, serving HTTP
+//! connections (HTTP/1.1 and HTTP/2 detected per connection) and forwarding TCP.
+//!
+//! Every task here is owned: connections live in their listener's `JoinSet`, upgraded
+//! tunnels in their connection's, so stopping a listener ends all of them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::ActiveGuard;
+use crate::config::ListenerMode;
+use crate::forward::{self, RequestContext};
+use crate::io::{Activity, IdleIo, PrefixedIo, read_proxy_header};
+use crate::runtime::{ListenerRuntime, Shared};
+
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upgraded connection's byte pump, run by the connection that upgraded.
+pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub(crate) async fn run_listener(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    socket: TcpListener,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(
+                        shared.clone(),
+                        name.clone(),
+                        stream,
+                        peer,
+                        stop.clone(),
+                    ));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(socket);
+    tracing::info!(listener = %name, open = connections.len(), "listener stopped; draining");
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(listener = %name, open = connections.len(), "grace period over; closing");
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let Some(listener) = shared.snapshot.load().listeners.get(&*name).cloned() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (io, client) = if listener.config.proxy_protocol {
+        match read_proxy_header(stream, PROXY_HEADER_TIMEOUT).await {
+            Ok((io, source)) => (io, source.unwrap_or(peer)),
+            Err(error) => {
+                tracing::debug!(listener = %name, %peer, %error, "connection refused");
+                return;
+            }
+        }
+    } else {
+        (PrefixedIo::new(stream), peer)
+    };
+    match listener.config.mode {
+        ListenerMode::Tcp => serve_tcp(&shared, &listener, io).await,
+        ListenerMode::Http => match &listener.tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => {
+                        serve_http(shared, name, &listener, tls, client, true, stop).await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(listener = %name, %peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(listener = %name, %peer, "TLS handshake timed out"),
+                }
+            }
+            None => serve_http(shared, name, &listener, io, client, false, stop).await,
+        },
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    listener: &ListenerRuntime,
+    io: I,
+    client: SocketAddr,
+    tls: bool,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = listener.config.idle_timeout;
+    let activity = Activity::new();
+    let io = TokioIo::new(IdleIo::new(io, activity.clone()));
+    let (tunnel_tx, mut tunnel_rx) = mpsc::unbounded_channel::<Tunnel>();
+    let context = Arc::new(RequestContext {
+        shared: shared.clone(),
+        listener: name,
+        client: client.ip(),
+        tls,
+        tunnels: tunnel_tx,
+        activity: activity.clone(),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(forward::handle(&context, request).await) }
+    });
+    let connection = shared.server.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut tunnels = JoinSet::new();
+    let mut closing = false;
+    loop {
+        let idle_deadline = activity.deadline(idle);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%client, %error, "client connection ended with an error");
+                }
+                break;
+            }
+            () = stop.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            Some(tunnel) = tunnel_rx.recv() => { tunnels.spawn(tunnel); }
+            () = tokio::time::sleep_until(idle_deadline), if !closing => {
+                if activity.expired(idle) {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+    while let Ok(tunnel) = tunnel_rx.try_recv() {
+        tunnels.spawn(tunnel);
+    }
+    while tunnels.join_next().await.is_some() {}
+}
+
+async fn serve_tcp<I>(shared: &Shared, listener: &ListenerRuntime, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(service_name) = listener.config.service.as_deref() else {
+        return;
+    };
+    let Some(service) = shared.snapshot.load().services.get(service_name).cloned() else {
+        return;
+    };
+    let mut tried = Vec::new();
+    let (mut upstream, guard) = loop {
+        let Some(index) = service.pick(&tried) else {
+            tracing::warn!(listener = %listener.config.name, reason = %service.unavailable_reason(), "closing a TCP connection");
+            return;
+        };
+        let backend = service.backends[index].clone();
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        let connect = TcpStream::connect(backend.address);
+        match tokio::time::timeout(service.config.timeouts.connect, connect).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                backend.record_outcome(true);
+                backend.metrics.record_connected(started.elapsed());
+                break (stream, guard);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(backend = %backend.name, %error, "TCP connect failed");
+            }
+            Err(_) => tracing::debug!(backend = %backend.name, "TCP connect timed out"),
+        }
+        backend.record_outcome(false);
+        backend.metrics.record_error(started.elapsed());
+        tried.push(index);
+        if tried.len() > service.config.retries as usize {
+            return;
+        }
+    };
+    let idle = listener.config.idle_timeout;
+    let activity = Activity::new();
+    let mut client = IdleIo::new(io, activity.clone());
+    let watchdog = async {
+        loop {
+            tokio::time::sleep_until(activity.deadline(idle)).await;
+            if activity.expired(idle) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "TCP connection ended with an error");
+            }
+        }
+        () = guard.backend().cut.cancelled() => {}
+        () = watchdog => tracing::debug!("TCP connection idle; closing"),
+    }
+}
