@@ -3,3 +3,31 @@
 //! It speaks to `incusd` over the local unix socket or over HTTPS with a client
 //! certificate and a pinned server certificate, and knows nothing about cul8er's
 //! topologies: it is the one place where the Incus protocol and its quirks live.
+//!
+//! ```no_run
+//! # async fn demo() -> incus_api::Result<()> {
+//! let client = incus_api::Client::local()?;
+//! let server = client.server().get().await?;
+//! println!("Incus {}", server.environment.server_version);
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod devices;
+pub mod error;
+pub mod events;
+pub mod exec;
+pub mod files;
+pub mod instances;
+pub mod operations;
+pub mod request;
+mod response;
+pub mod server;
+pub mod snapshots;
+pub mod transport;
+pub mod trust;
+
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, Result};
+pub use operations::{Operation, PendingOperation, StatusCode};
+pub use transport::tls::{Certificate, ClientIdentity};
