@@ -1,0 +1,73 @@
+//! Incus instance names derived from topology, resource and replica, and the room kept
+//! for the suffixes rollouts add.
+//!
+//! An instance is named `TOPOLOGY-RESOURCE-N` (replicas count from 1). Rollouts derive
+//! further names from it: `-b` and `-g` for a blue-green parallel set, `-c` for canary
+//! instances, `-old` for an instance kept stopped until its replacement passes. The
+//! longest suffix is [`ROLLOUT_SUFFIX_BUDGET`] characters, so validation keeps derived
+//! names within `63 - 4 = 59` characters.
+
+/// Incus's limit on instance names (they are host names).
+pub const MAX_INSTANCE_NAME: usize = 63;
+
+/// The longest suffix a rollout adds to an instance name (`-old`).
+pub const ROLLOUT_SUFFIX_BUDGET: usize = 4;
+
+/// The suffixes rollouts add, longest last.
+pub const ROLLOUT_SUFFIXES: [&str; 4] = ["-b", "-g", "-c", "-old"];
+
+/// The name of replica `replica` (from 1) of `resource` in `topology`.
+#[must_use]
+pub fn instance_name(topology: &str, resource: &str, replica: u32) -> String {
+    format!("{topology}-{resource}-{replica}")
+}
+
+/// Whether `name` is a valid name for anything cul8er creates in Incus: lower-case
+/// letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+#[must_use]
+pub fn is_valid(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A valid spelling of `name` (lower case, `_` and `.` as `-`), when one exists.
+#[must_use]
+pub fn suggest(name: &str) -> Option<String> {
+    let fixed: String = name
+        .chars()
+        .map(|c| match c {
+            '_' | '.' | ' ' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    let fixed = fixed.trim_matches('-').to_owned();
+    (is_valid(&fixed) && fixed != name).then_some(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_incus_rules() {
+        assert!(is_valid("web"));
+        assert!(is_valid("web-2"));
+        assert!(!is_valid("node_1"));
+        assert!(!is_valid("2web"));
+        assert!(!is_valid("web-"));
+        assert!(!is_valid("Web"));
+        assert!(!is_valid(""));
+        assert_eq!(suggest("node_1").as_deref(), Some("node-1"));
+        assert_eq!(suggest("web"), None);
+        assert_eq!(instance_name("production", "web", 3), "production-web-3");
+    }
+
+    #[test]
+    fn the_budget_covers_every_suffix() {
+        let longest = ROLLOUT_SUFFIXES.iter().map(|s| s.len()).max();
+        assert_eq!(longest, Some(ROLLOUT_SUFFIX_BUDGET));
+    }
+}

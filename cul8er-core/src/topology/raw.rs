@@ -1,0 +1,233 @@
+//! KDL text → a tree of nodes with byte spans, before any meaning is given to it.
+//!
+//! The read path uses `just-kdl`'s streaming reader: it is about twenty times faster
+//! than `kdl` 6 and keeps byte spans (figures in `docs/topology.md`). When the text is
+//! not valid KDL, `kdl` 6 parses it again for its richer diagnostics (what was expected,
+//! with help); `fmt` uses `kdl` 6 too because it keeps comments.
+
+use std::ops::Range;
+
+use just_kdl::dom::{Event, Value};
+use just_kdl::reader::Reader;
+use miette::SourceSpan;
+
+use super::diagnostic::{Problem, ProblemKind};
+
+/// A node as written.
+#[derive(Debug, Clone)]
+pub(crate) struct RawNode {
+    pub(crate) name: String,
+    pub(crate) name_span: SourceSpan,
+    pub(crate) entries: Vec<RawEntry>,
+    pub(crate) children: Vec<RawNode>,
+    pub(crate) has_children: bool,
+}
+
+/// An argument (`key` is `None`) or a property.
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub(crate) key: Option<String>,
+    pub(crate) value: RawValue,
+    pub(crate) span: SourceSpan,
+}
+
+/// A KDL value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RawValue {
+    String(String),
+    Integer(i128),
+    Float(f64),
+    Bool(bool),
+    Null,
+}
+
+impl RawValue {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Self::String(_) => "a string",
+            Self::Integer(_) => "an integer",
+            Self::Float(_) => "a number",
+            Self::Bool(_) => "a boolean",
+            Self::Null => "#null",
+        }
+    }
+}
+
+fn span(range: &Range<usize>) -> SourceSpan {
+    SourceSpan::from(range.start..range.end)
+}
+
+/// Parses `source` into top-level nodes, or returns the syntax problems.
+pub(crate) fn parse(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
+    match read_fast(source) {
+        Ok(nodes) => Ok(nodes),
+        Err(fast_problem) => {
+            Err(explain_syntax_error(source).unwrap_or_else(|| vec![*fast_problem]))
+        }
+    }
+}
+
+fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
+    // A stack of open nodes; the bottom is a pseudo-root holding the document.
+    let mut stack: Vec<RawNode> = vec![RawNode {
+        name: String::new(),
+        name_span: SourceSpan::from(0..0),
+        entries: Vec::new(),
+        children: Vec::new(),
+        has_children: true,
+    }];
+    let mut type_problem = None;
+    for item in Reader::new(source.as_bytes()) {
+        let (event, range) = item.map_err(|(error, range)| {
+            Box::new(
+                Problem::new(ProblemKind::Syntax, format!("invalid KDL: {error}"))
+                    .at(Some(clamp(source, &range)), "here"),
+            )
+        })?;
+        match event {
+            Event::Node { r#type, name } => {
+                if r#type.is_some() && type_problem.is_none() {
+                    type_problem = Some(type_annotation_problem(&range));
+                }
+                stack.push(RawNode {
+                    name: name.to_string(),
+                    name_span: span(&range),
+                    entries: Vec::new(),
+                    children: Vec::new(),
+                    has_children: false,
+                });
+            }
+            Event::Entry(entry) => {
+                if entry.r#type.is_some() && type_problem.is_none() {
+                    type_problem = Some(type_annotation_problem(&range));
+                }
+                let value = match entry.value {
+                    Value::String(text) => RawValue::String(text.to_string()),
+                    Value::Number(number) => match i128::try_from(&number) {
+                        Ok(int) => RawValue::Integer(int),
+                        Err(_) => RawValue::Float(f64::try_from(&number).unwrap_or(f64::NAN)),
+                    },
+                    Value::Bool(value) => RawValue::Bool(value),
+                    Value::Null => RawValue::Null,
+                };
+                if let Some(node) = stack.last_mut() {
+                    node.entries.push(RawEntry {
+                        key: entry.name.map(|key| key.to_string()),
+                        value,
+                        span: span(&range),
+                    });
+                }
+            }
+            Event::Children => {
+                if let Some(node) = stack.last_mut() {
+                    node.has_children = true;
+                }
+            }
+            Event::End => {
+                if stack.len() > 1 {
+                    let node = stack.pop().expect("stack has more than the root");
+                    if let Some(parent) = stack.last_mut() {
+                        parent.children.push(node);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(problem) = type_problem {
+        return Err(Box::new(problem));
+    }
+    Ok(stack.pop().map(|root| root.children).unwrap_or_default())
+}
+
+fn clamp(source: &str, range: &Range<usize>) -> SourceSpan {
+    let start = range.start.min(source.len());
+    let end = range.end.clamp(start, source.len());
+    SourceSpan::from(start..end)
+}
+
+fn type_annotation_problem(range: &Range<usize>) -> Problem {
+    Problem::new(
+        ProblemKind::Syntax,
+        "type annotations are not used in topology files",
+    )
+    .at(Some(span(range)), "annotated here")
+    .help("remove the `(type)` before the name or value")
+}
+
+/// `kdl` 6's diagnostics for invalid text, when it agrees the text is invalid.
+fn explain_syntax_error(source: &str) -> Option<Vec<Problem>> {
+    let error = kdl::KdlDocument::parse_v2(source).err()?;
+    let problems: Vec<Problem> = error
+        .diagnostics
+        .iter()
+        .map(|diagnostic| {
+            let message = diagnostic
+                .message
+                .clone()
+                .unwrap_or_else(|| "invalid KDL".to_owned());
+            let label = diagnostic
+                .label
+                .clone()
+                .unwrap_or_else(|| "here".to_owned());
+            let start = diagnostic.span.offset().min(source.len());
+            let end = (start + diagnostic.span.len()).min(source.len());
+            let mut problem = Problem::new(ProblemKind::Syntax, message)
+                .at(Some(SourceSpan::from(start..end)), label);
+            if let Some(help) = &diagnostic.help {
+                problem = problem.help(help.clone());
+            }
+            problem
+        })
+        .collect();
+    (!problems.is_empty()).then_some(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_tree_with_spans() {
+        let source = "a 1 key=\"v\" {\n  b #true\n}\nc";
+        let nodes = parse(source).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, "a");
+        assert_eq!(nodes[0].entries.len(), 2);
+        assert_eq!(nodes[0].entries[0].value, RawValue::Integer(1));
+        assert_eq!(nodes[0].entries[1].key.as_deref(), Some("key"));
+        let prop = nodes[0].entries[1].span;
+        assert_eq!(
+            &source[prop.offset()..prop.offset() + prop.len()],
+            "key=\"v\""
+        );
+        assert_eq!(nodes[0].children[0].name, "b");
+        assert_eq!(nodes[0].children[0].entries[0].value, RawValue::Bool(true));
+        assert!(nodes[0].has_children);
+        assert!(!nodes[1].has_children);
+    }
+
+    #[test]
+    fn slashdash_removes_nodes_and_entries() {
+        let nodes = parse("/-a 1\nb /-2 3").unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].entries.len(), 1);
+        assert_eq!(nodes[0].entries[0].value, RawValue::Integer(3));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_span() {
+        let problems = parse("a {\n  b \"unterminated\n}").unwrap_err();
+        assert!(!problems.is_empty());
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.kind() == ProblemKind::Syntax && p.span().is_some())
+        );
+    }
+
+    #[test]
+    fn type_annotations_are_refused() {
+        let problems = parse("(t)a 1").unwrap_err();
+        assert!(problems[0].message().contains("type annotations"));
+    }
+}
