@@ -1,13 +1,18 @@
-//! The `cul8er` command: parse arguments, run, map the outcome to an exit code.
+//! The `cul8er` command: parse arguments, run the subcommand, map the outcome to an
+//! exit code (0 ok, 1 user error, 2 unexpected error, 130 interrupted).
+
+mod cli;
+mod commands;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Declarative deployments on Incus with health-gated rollouts.
-#[derive(Debug, Parser)]
-#[command(name = "cul8er", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let settings = output::Settings::from_env(cli.output);
+    let outcome = commands::run(cli.command, &settings);
+    outcome.report(&settings)
 }

@@ -1,0 +1,38 @@
+//! One module per subcommand; each returns an [`Outcome`].
+
+mod fmt;
+mod validate;
+
+use crate::cli::Command;
+use crate::exit::Outcome;
+use crate::output::Settings;
+
+/// Runs `command`.
+pub(crate) fn run(command: Command, settings: &Settings) -> Outcome {
+    match command {
+        Command::Validate(args) => validate::run(&args, settings),
+        Command::Fmt(args) => fmt::run(&args, settings),
+    }
+}
+
+/// The operator's environment, for `variable NAME env="VAR"`.
+pub(crate) fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads a topology file; a missing file is the user's mistake.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<String, Outcome> {
+    fs_err::read_to_string(path).map_err(|err| {
+        if matches!(
+            err.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        ) {
+            Outcome::UserReport(miette::miette!(
+                help = "give the file's path, e.g. `cul8er validate examples/demo.kdl`; the default is ./cul8er.kdl",
+                "{err}"
+            ))
+        } else {
+            Outcome::Unexpected(err.into())
+        }
+    })
+}
