@@ -473,6 +473,12 @@ impl Client {
         crate::operations::Operations::new(self.clone())
     }
 
+    /// The trust store.
+    #[must_use]
+    pub fn certificates(&self) -> crate::certificates::Certificates {
+        crate::certificates::Certificates::new(self.clone())
+    }
+
     /// The `/1.0/events` stream.
     #[must_use]
     pub fn events(&self) -> crate::events::Events {

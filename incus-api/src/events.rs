@@ -7,7 +7,7 @@
 //! Events to one listener are not ordered on 6.0.4: decide on `status_code`, not on
 //! arrival order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -222,6 +222,7 @@ impl Events {
         Ok(EventStream {
             ws,
             client: self.client.clone(),
+            held: VecDeque::new(),
             done: false,
         })
     }
@@ -233,6 +234,9 @@ impl Events {
 pub struct EventStream {
     ws: WebSocketStream<Conn>,
     client: Client,
+    /// Events read by [`EventStream::wait_operation`] that were not for it: the
+    /// stream yields them before reading further.
+    held: VecDeque<Event>,
     done: bool,
 }
 
@@ -240,6 +244,9 @@ impl Stream for EventStream {
     type Item = Result<Event>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(ev) = self.held.pop_front() {
+            return Poll::Ready(Some(Ok(ev)));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -289,6 +296,9 @@ impl EventStream {
     /// opened before the operation started) until it is final or `deadline` passes.
     /// Returns the final operation whatever its outcome.
     ///
+    /// Events read meanwhile that are not this operation's end stay queued and are
+    /// yielded by the stream afterwards, so nothing is lost to the wait.
+    ///
     /// After subscribing it fetches the operation once, so an operation that ended
     /// before the first event is still seen. If the stream closes, it falls back to
     /// `/wait`.
@@ -306,7 +316,7 @@ impl EventStream {
             Err(e) => return Err(e),
         }
         loop {
-            let next = match tokio::time::timeout_at(deadline, self.next()).await {
+            let next = match tokio::time::timeout_at(deadline, self.read_live()).await {
                 Ok(n) => n,
                 Err(_) => return Err(timeout_error(op)),
             };
@@ -318,11 +328,21 @@ impl EventStream {
                     {
                         return Ok(o.clone());
                     }
+                    self.held.push_back(ev);
                 }
                 Some(Err(e)) => return Err(e),
                 None => return self.client.operations().wait(op, deadline).await,
             }
         }
+    }
+
+    /// The next event from the socket, skipping held ones (they stay queued).
+    async fn read_live(&mut self) -> Option<Result<Event>> {
+        let held = std::mem::take(&mut self.held);
+        let next = self.next().await;
+        let mut newly = std::mem::replace(&mut self.held, held);
+        self.held.append(&mut newly);
+        next
     }
 
     /// Closes the subscription.

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod certificates;
 pub mod client;
 pub mod devices;
 pub mod error;
@@ -19,11 +20,14 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod instances;
+pub mod networks;
 pub mod operations;
+pub mod projects;
 pub mod request;
 mod response;
 pub mod server;
 pub mod snapshots;
+pub mod storage_volumes;
 pub mod transport;
 pub mod trust;
 

@@ -1,0 +1,185 @@
+//! Live tests of the events stream and of waiting on operations through it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt as _;
+use incus_api::StatusCode;
+use incus_api::events::{EventStream, EventType};
+use incus_api::instances::{InstanceSource, InstanceSpec};
+use tokio::time::Instant;
+
+/// Reads lifecycle actions for `name` until `last` is seen.
+async fn actions_until(events: &mut EventStream, name: &str, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !seen.iter().any(|a| a == last) {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {last} event for {name}; saw {seen:?}"))
+            .expect("stream ended")
+            .unwrap();
+        if let Some(l) = ev.lifecycle()
+            && l.object_name() == name
+        {
+            seen.push(l.action.clone());
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn events_see_the_lifecycle_of_an_instance_the_test_drives() {
+    let c = client();
+    let mut events = c
+        .events()
+        .subscribe(&[EventType::Lifecycle, EventType::Operation])
+        .await
+        .unwrap();
+    let name = unique("events");
+    let _g = Guard::instance(&name);
+
+    let op = c
+        .instances()
+        .create(&InstanceSpec::container(
+            &name,
+            InstanceSource::image_alias(image()),
+        ))
+        .await
+        .unwrap();
+    let done = events
+        .wait_operation(op.operation(), Instant::now() + WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done.status_code, StatusCode::Success);
+    assert!(
+        actions_until(&mut events, &name, "instance-created")
+            .await
+            .contains(&"instance-created".to_owned())
+    );
+
+    c.instances()
+        .start(&name)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    actions_until(&mut events, &name, "instance-started").await;
+    c.instances()
+        .stop(&name, true, None)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    actions_until(&mut events, &name, "instance-stopped").await;
+    c.instances()
+        .delete(&name)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    actions_until(&mut events, &name, "instance-deleted").await;
+    events.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fast_operation_is_not_missed_when_subscribed_first() {
+    let c = client();
+    let (name, _g) = running_instance(&c, "fastop").await;
+    let mut events = c.events().subscribe(&[EventType::Operation]).await.unwrap();
+    let op = c.instances().freeze(&name).await.unwrap();
+    // Let the operation finish and vanish from the server before following it.
+    let id = op.id().to_owned();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.operations().get(&id).await {
+            Err(e) if e.is_not_found() => break,
+            Ok(_) => tokio::task::yield_now().await,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "operation never vanished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = events
+        .wait_operation(op.operation(), Instant::now() + WAIT)
+        .await
+        .unwrap();
+    assert_eq!(done.status_code, StatusCode::Success);
+    assert_eq!(done.id, id);
+}
+
+#[tokio::test]
+async fn events_are_project_filtered() {
+    let c = client();
+    let project = unique("proj");
+    incus(&[
+        "project",
+        "create",
+        &project,
+        "-c",
+        "features.images=false",
+        "-c",
+        "features.profiles=false",
+    ]);
+    let _pg = Guard::new(&socket(), &["project", "delete", &project]);
+    let mut in_project = c
+        .project(&project)
+        .events()
+        .subscribe(&[EventType::Lifecycle])
+        .await
+        .unwrap();
+
+    // Something happens in the default project first, then in ours.
+    let (other, _g) = running_instance(&c, "noise").await;
+    let name = unique("inproj");
+    let _ig = Guard::new(
+        &socket(),
+        &["delete", "--force", "--project", &project, &name],
+    );
+    c.project(&project)
+        .instances()
+        .create(&InstanceSpec::container(
+            &name,
+            InstanceSource::image_alias(image()),
+        ))
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, in_project.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let l = ev.lifecycle().unwrap();
+        assert_ne!(
+            l.object_name(),
+            other,
+            "an event of the default project leaked in"
+        );
+        assert_eq!(ev.project, project);
+        if l.action == "instance-created" && l.object_name() == name {
+            break;
+        }
+    }
+    drop(_ig);
+}
+
+#[tokio::test]
+async fn unknown_project_events_are_refused() {
+    let err = client()
+        .project("cul8er-t-no-such-project")
+        .events()
+        .subscribe(&[])
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
