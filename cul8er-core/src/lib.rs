@@ -2,4 +2,5 @@
 //!
 //! It never prints and never exits; the `cul8er` binary is a thin shell over it.
 
+pub mod release;
 pub mod topology;
