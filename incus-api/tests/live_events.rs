@@ -20,7 +20,7 @@ async fn actions_until(events: &mut EventStream, name: &str, last: &str) -> Vec<
             .await
             .unwrap_or_else(|_| panic!("no {last} event for {name}; saw {seen:?}"))
             .expect("stream ended")
-            .unwrap();
+            .expect("event decodes");
         if let Some(l) = ev.lifecycle()
             && l.object_name() == name
         {
