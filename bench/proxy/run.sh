@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The proxy benchmark: requests/s and p50/p99 latency through cul8er-proxy, nginx and
+# HAProxy, each in front of the same two fast backends, with the same wrk load on
+# loopback, then each proxy's memory for 1,000 idle keep-alive connections.
+#
+# Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
+# Every process started here binds loopback only and is ended by its PID on exit.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+seconds="${BENCH_SECONDS:-10}"
+connections="${BENCH_CONNECTIONS:-64}"
+threads="$(nproc)"
+scratch="$(mktemp -d /tmp/cul8er-bench-proxy.XXXXXX)"
+chmod 755 "$scratch" # nginx workers run as an unprivileged user
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "installing ${missing[*]}" >&2
+    # Keep the packages' init scripts from starting system-wide daemons on port 80.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod +x "$policy"
+        created=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ "$created" = 1 ] && rm -f "$policy"
+}
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+rss_kib() { # the summed resident memory of a process and its children
+    local total=0 pid
+    for pid in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+to_ms() { # wrk latency text (e.g. 512.00us, 1.20ms, 2.00s) to milliseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n }'
+}
+
+install_missing
+for port in 18081 18082 18090 18091 18092; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is already in use on 127.0.0.1; stop what holds it first" >&2
+        exit 1
+    fi
+done
+ulimit -n 65536 || true
+
+echo "building (release)..." >&2
+(cd "$root" && cargo build --release --quiet -p cul8er-proxy --bin cul8er-proxy \
+    --example bench_backend --example idle_connections)
+bin="$root/target/release"
+
+"$bin/examples/bench_backend" 127.0.0.1:18081 127.0.0.1:18082 &
+pids+=($!)
+wait_port 18081
+wait_port 18082
+
+sed "s#@DIR@#$scratch#g" "$here/nginx.conf" > "$scratch/nginx.conf"
+mkdir -p "$scratch"/nginx-{body,proxy,fastcgi,uwsgi,scgi}
+
+start_proxy() {
+    case "$1" in
+        cul8er-proxy)
+            "$bin/cul8er-proxy" run --config "$here/cul8er-proxy.toml" \
+                --admin-socket "$scratch/admin.sock" --threads "$threads" 2>"$scratch/cul8er.log" &
+            ;;
+        nginx) nginx -c "$scratch/nginx.conf" 2>"$scratch/nginx.log" & ;;
+        haproxy) haproxy -f "$here/haproxy.cfg" -db 2>"$scratch/haproxy.log" & ;;
+    esac
+    echo $!
+}
+
+declare -A port=([cul8er-proxy]=18090 [nginx]=18091 [haproxy]=18092)
+declare -A rps p50 p99 mem
+for proxy in cul8er-proxy nginx haproxy; do
+    pid="$(start_proxy "$proxy")"
+    pids+=("$pid")
+    wait_port "${port[$proxy]}"
+    url="http://127.0.0.1:${port[$proxy]}/"
+    wrk -t2 -c"$connections" -d2s "$url" >/dev/null # warm-up
+    echo "measuring $proxy for ${seconds}s..." >&2
+    out="$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "$url")"
+    echo "$out" > "$scratch/wrk-$proxy.txt"
+    if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
+        echo "$out" >&2
+        echo "$proxy: wrk saw errors" >&2
+        exit 1
+    fi
+    rps[$proxy]="$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')"
+    p50[$proxy]="$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
+    p99[$proxy]="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+
+    before="$(rss_kib "$pid")"
+    "$bin/examples/idle_connections" "127.0.0.1:${port[$proxy]}" 1000 30 > "$scratch/idle.out" &
+    idle_pid=$!
+    for _ in $(seq 1 600); do grep -q '^ready' "$scratch/idle.out" && break; sleep 0.05; done
+    grep -q '^ready 1000' "$scratch/idle.out" || { echo "$proxy: idle connections failed" >&2; exit 1; }
+    sleep 0.5
+    after="$(rss_kib "$pid")"
+    kill "$idle_pid"; wait "$idle_pid" 2>/dev/null || true
+    mem[$proxy]=$(( (after - before) ))
+
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+done
+
+echo
+echo "Proxy benchmark: 2 backends, wrk -t2 -c$connections -d${seconds}s on loopback, $threads proxy threads/workers"
+printf '%-14s %12s %10s %10s %22s\n' proxy "requests/s" "p50 ms" "p99 ms" "KiB per 1000 idle conns"
+for proxy in cul8er-proxy nginx haproxy; do
+    printf '%-14s %12s %10s %10s %22s\n' "$proxy" "${rps[$proxy]}" "${p50[$proxy]}" "${p99[$proxy]}" "${mem[$proxy]}"
+done
+awk -v c="${rps[cul8er-proxy]}" -v n="${rps[nginx]}" -v h="${rps[haproxy]}" \
+    -v cp="${p99[cul8er-proxy]}" -v hp="${p99[haproxy]}" -v np="${p99[nginx]}" 'BEGIN {
+    printf "\nthroughput: cul8er-proxy / nginx = %.2f, cul8er-proxy / haproxy = %.2f\n", c / n, c / h
+    printf "p99: cul8er-proxy / haproxy = %.2f, cul8er-proxy / nginx = %.2f\n", cp / hp, cp / np
+}'
