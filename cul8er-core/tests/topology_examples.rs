@@ -1,6 +1,9 @@
 //! The examples users copy, the good fixtures and the format reference all validate,
 //! and what they say ends up in the model.
 
+// Test helpers panic on broken fixtures: that is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use cul8er_core::topology::{
@@ -85,7 +88,10 @@ fn demo_runs_on_the_local_test_incus() {
     );
     let release = web.release.as_ref().unwrap();
     assert_eq!(release.version, "1");
-    assert_eq!(release.before_start[1], "sh -c 'echo web 1 > /srv/www/index.html'");
+    assert_eq!(
+        release.before_start[1],
+        "sh -c 'echo web 1 > /srv/www/index.html'"
+    );
     assert!(demo.later_capabilities().is_empty());
     assert_eq!(web.unenforced_limits("dir"), Vec::<&str>::new());
 }
@@ -116,7 +122,9 @@ fn basic_holds_production_and_staging_and_reads_the_environment() {
         }
     );
     let db = production.resource("db").unwrap();
-    assert!(matches!(&db.strategy.health.as_ref().unwrap().probe, Probe::Command { argv } if argv == &["pg_isready", "-q"]));
+    assert!(
+        matches!(&db.strategy.health.as_ref().unwrap().probe, Probe::Command { argv } if argv == &["pg_isready", "-q"])
+    );
 
     // Without APP_VERSION, production cannot be read, but staging has a default and
     // validating it alone does not look at production's variables.
@@ -124,10 +132,16 @@ fn basic_holds_production_and_staging_and_reads_the_environment() {
     let env = no_env;
     let err = topology::parse(&source, "basic.kdl", &LoadOptions::new(&env)).unwrap_err();
     assert!(err.has(topology::ProblemKind::UnsetVariable));
-    let staging =
-        topology::parse_one(&source, "basic.kdl", &LoadOptions::new(&env).topology("staging"))
-            .unwrap();
-    assert_eq!(staging.resources[0].release.as_ref().unwrap().version, "main");
+    let staging = topology::parse_one(
+        &source,
+        "basic.kdl",
+        &LoadOptions::new(&env).topology("staging"),
+    )
+    .unwrap();
+    assert_eq!(
+        staging.resources[0].release.as_ref().unwrap().version,
+        "main"
+    );
 }
 
 #[test]
@@ -173,7 +187,10 @@ fn later_capabilities_are_named_per_topology() {
 fn incus_cluster_placement_and_remote_hosts() {
     let fleet = load_example("incus-cluster.kdl");
     assert_eq!(fleet.hosts[0].cluster.as_ref().unwrap().members.len(), 3);
-    assert_eq!(fleet.resource("web").unwrap().placement, Some(Placement::Spread));
+    assert_eq!(
+        fleet.resource("web").unwrap().placement,
+        Some(Placement::Spread)
+    );
     assert_eq!(
         fleet.resource("db").unwrap().placement,
         Some(Placement::Member {
@@ -187,7 +204,10 @@ fn incus_cluster_placement_and_remote_hosts() {
     let edge = load_example("remote-tls.kdl");
     assert_eq!(edge.hosts[0].project.as_deref(), Some("edge"));
     let expose = &edge.resources[0].networks[0].expose[0];
-    assert_eq!((expose.port, expose.public, expose.protocol), (8443, 443, Protocol::Tcp));
+    assert_eq!(
+        (expose.port, expose.public, expose.protocol),
+        (8443, 443, Protocol::Tcp)
+    );
 }
 
 /// Every ```kdl block in the format reference is a valid topology file.

@@ -65,12 +65,15 @@ impl Checker<'_> {
     /// Names are valid Incus names and unique within their kind.
     fn names(&mut self) {
         let t = self.topology;
-        self.valid_name(
-            "topology",
-            &t.name,
-            self.span("topology"),
-            MAX_INSTANCE_NAME,
-        );
+        // A file's nameless topology was already reported by the decoder.
+        if !t.name.is_empty() || self.spans.is_empty() {
+            self.valid_name(
+                "topology",
+                &t.name,
+                self.span("topology"),
+                MAX_INSTANCE_NAME,
+            );
+        }
         let groups: [(&str, Vec<&str>, char); 6] = [
             (
                 "host",

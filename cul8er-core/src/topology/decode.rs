@@ -36,6 +36,11 @@ impl Spans {
     pub(crate) fn get(&self, key: &str) -> Option<SourceSpan> {
         self.map.get(key).copied()
     }
+
+    /// True for a topology built in code.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// Looks a variable up in the operator's environment.
@@ -46,6 +51,8 @@ pub(crate) struct Decoder<'a> {
     pub(crate) spans: Spans,
     env: EnvLookup<'a>,
     vars: BTreeMap<String, String>,
+    /// Variables already reported as unset; uses of them add no second problem.
+    unset_vars: Vec<String>,
 }
 
 const TOPOLOGY_CHILDREN: &[&str] = &[
@@ -102,6 +109,7 @@ impl<'a> Decoder<'a> {
             spans: Spans::default(),
             env,
             vars: BTreeMap::new(),
+            unset_vars: Vec::new(),
         }
     }
 
@@ -291,6 +299,8 @@ impl<'a> Decoder<'a> {
                 let name = &inner[..close];
                 if let Some(value) = self.vars.get(name) {
                     out.push_str(value);
+                } else if self.unset_vars.iter().any(|unset| unset == name) {
+                    ok = false;
                 } else {
                     let names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
                     self.push(
@@ -596,6 +606,7 @@ impl<'a> Decoder<'a> {
                 self.vars.insert(name, value);
             }
             None => {
+                self.unset_vars.push(name.clone());
                 let var = env.unwrap_or_default();
                 self.push(
                     Problem::new(

@@ -15,8 +15,11 @@ use super::raw;
 ///
 /// A [`TopologyError`] with the syntax problems when `source` is not valid KDL v2.
 pub fn format_kdl(source: &str, origin: &str) -> Result<String, TopologyError> {
-    let mut document = KdlDocument::parse_v2(source).map_err(|_| {
-        let problems = raw::parse(source).err().unwrap_or_default();
+    let mut document = KdlDocument::parse_v2(source).map_err(|error| {
+        // The read path's wording first; kdl's own when only kdl refuses the text.
+        let problems = raw::parse(source)
+            .err()
+            .unwrap_or_else(|| raw::kdl_problems(&error, source));
         TopologyError::new(origin, source, problems)
     })?;
     // The default configuration: four spaces, comments kept.

@@ -1,14 +1,15 @@
 //! KDL text → a tree of nodes with byte spans, before any meaning is given to it.
 //!
 //! The read path uses `just-kdl`'s streaming reader: it is about twenty times faster
-//! than `kdl` 6 and keeps byte spans (figures in `docs/topology.md`). When the text is
-//! not valid KDL, `kdl` 6 parses it again for its richer diagnostics (what was expected,
-//! with help); `fmt` uses `kdl` 6 too because it keeps comments.
+//! than `kdl` 6 and keeps byte spans (figures in `docs/topology.md`). Its errors are
+//! precise (one span, the first mistake); this module words them for people and adds
+//! the fix. `fmt` uses `kdl` 6 because its document model keeps comments.
 
 use std::ops::Range;
 
 use just_kdl::dom::{Event, Value};
-use just_kdl::reader::Reader;
+use just_kdl::lexer::LexerError;
+use just_kdl::reader::{Reader, ReaderError};
 use miette::SourceSpan;
 
 use super::diagnostic::{Problem, ProblemKind};
@@ -57,14 +58,9 @@ fn span(range: &Range<usize>) -> SourceSpan {
     SourceSpan::from(range.start..range.end)
 }
 
-/// Parses `source` into top-level nodes, or returns the syntax problems.
+/// Parses `source` into top-level nodes, or returns the syntax problem.
 pub(crate) fn parse(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
-    match read_fast(source) {
-        Ok(nodes) => Ok(nodes),
-        Err(fast_problem) => {
-            Err(explain_syntax_error(source).unwrap_or_else(|| vec![*fast_problem]))
-        }
-    }
+    read_fast(source).map_err(|problem| vec![*problem])
 }
 
 fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
@@ -77,12 +73,11 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
         has_children: true,
     }];
     let mut type_problem = None;
+    // Where each open `{` is, to point at the one left unclosed.
+    let mut open_braces: Vec<Range<usize>> = Vec::new();
     for item in Reader::new(source.as_bytes()) {
         let (event, range) = item.map_err(|(error, range)| {
-            Box::new(
-                Problem::new(ProblemKind::Syntax, format!("invalid KDL: {error}"))
-                    .at(Some(clamp(source, &range)), "here"),
-            )
+            Box::new(syntax_problem(source, &error, &range, open_braces.last()))
         })?;
         match event {
             Event::Node { r#type, name } => {
@@ -119,11 +114,15 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
                 }
             }
             Event::Children => {
+                open_braces.push(range.clone());
                 if let Some(node) = stack.last_mut() {
                     node.has_children = true;
                 }
             }
             Event::End => {
+                if stack.last().is_some_and(|node| node.has_children) {
+                    open_braces.pop();
+                }
                 if stack.len() > 1 {
                     let node = stack.pop().expect("stack has more than the root");
                     if let Some(parent) = stack.last_mut() {
@@ -139,9 +138,16 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
     Ok(stack.pop().map(|root| root.children).unwrap_or_default())
 }
 
+/// `range` inside `source` and on character boundaries, so it can be shown.
 fn clamp(source: &str, range: &Range<usize>) -> SourceSpan {
-    let start = range.start.min(source.len());
-    let end = range.end.clamp(start, source.len());
+    let mut start = range.start.min(source.len());
+    while !source.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = range.end.clamp(start, source.len());
+    while !source.is_char_boundary(end) {
+        end += 1;
+    }
     SourceSpan::from(start..end)
 }
 
@@ -154,10 +160,69 @@ fn type_annotation_problem(range: &Range<usize>) -> Problem {
     .help("remove the `(type)` before the name or value")
 }
 
-/// `kdl` 6's diagnostics for invalid text, when it agrees the text is invalid.
-fn explain_syntax_error(source: &str) -> Option<Vec<Problem>> {
-    let error = kdl::KdlDocument::parse_v2(source).err()?;
-    let problems: Vec<Problem> = error
+/// Words a reader error for people: what is wrong, where, and how to fix it.
+fn syntax_problem(
+    source: &str,
+    error: &ReaderError,
+    range: &Range<usize>,
+    open_brace: Option<&Range<usize>>,
+) -> Problem {
+    let at = |pos: usize| Some(clamp(source, &(pos..pos + 1)));
+    let span = clamp(source, range);
+    let whole = Some(span);
+    let text = source
+        .get(span.offset()..span.offset() + span.len())
+        .unwrap_or("");
+    let problem = |message: &str| Problem::new(ProblemKind::Syntax, message.to_owned());
+    match error {
+        ReaderError::Lexer(lexer) => match lexer {
+            LexerError::InvalidEscape(pos) | LexerError::BadUnicodeEscape(pos) => {
+                problem("invalid escape in a string")
+                    .at(Some(clamp(source, &(*pos..*pos + 2))), "unknown escape")
+                    .help("escapes are \\n \\t \\\\ \\\" and \\u{41}; for a literal backslash write \\\\ or use a raw string: #\"a\\b\"#")
+            }
+            LexerError::UnexpectedKeyword => problem(&format!("bare keyword `{text}`"))
+                .at(whole, "not a value in KDL v2")
+                .help("KDL v2 writes #true, #false and #null; quote it (\"false\") for a string"),
+            LexerError::InvalidNumber => problem(&format!("`{text}` is not a number"))
+                .at(whole, "invalid number")
+                .help("numbers look like 3, 2.5, 1_000 or 0x1f; quote it for a string"),
+            LexerError::InvalidOperator | LexerError::InvalidCharacter(_) => {
+                problem("a character that cannot appear here")
+                    .at(whole, "not allowed in a bare name")
+                    .help("names and values with characters other than letters, digits and `-_.:/` must be quoted: \"we[b]\"")
+            }
+            LexerError::UnexpectedStringNewline(_) => problem("the string is not closed on its line")
+                .at(whole, "no closing quote")
+                .help("close the string with `\"`; a string over several lines starts with `\"\"\"` and a newline"),
+            LexerError::UnexpectedEof(_) => problem("the file ends inside a comment or a string")
+                .at(
+                    at(span.offset() + text.find(['/', '"', '#']).unwrap_or(0)),
+                    "opened here and never closed",
+                )
+                .help("close the `/* ... */` comment or the string"),
+            _ => problem(&format!("invalid KDL: {error}")).at(whole, "here"),
+        },
+        ReaderError::UnclosedOpen => problem("a `{` is never closed")
+            .at(open_brace.map(|brace| clamp(source, brace)).or(at(range.start)), "opened here")
+            .help("add the matching `}`"),
+        ReaderError::UnmatchedClose => problem("a `}` closes nothing")
+            .at(whole, "no `{` to close")
+            .help("remove it, or check the braces above it"),
+        ReaderError::ExpectedBlock => problem("a node has at most one `{ ... }` block")
+            .at(whole, "second block")
+            .help("merge the two blocks into one"),
+        ReaderError::ExpectedValue(_) => problem(&format!("expected a value, found {text:?}"))
+            .at(whole, "a value must come here")
+            .help("a property is `key=value` with no spaces around `=`, e.g. on=local"),
+        _ => problem(&format!("invalid KDL: {error}")).at(whole, "here"),
+    }
+}
+
+/// `kdl` 6's diagnostics for text it refuses; `fmt` needs them when `just-kdl` and
+/// `kdl` disagree on a document.
+pub(crate) fn kdl_problems(error: &kdl::KdlError, source: &str) -> Vec<Problem> {
+    error
         .diagnostics
         .iter()
         .map(|diagnostic| {
@@ -178,8 +243,7 @@ fn explain_syntax_error(source: &str) -> Option<Vec<Problem>> {
             }
             problem
         })
-        .collect();
-    (!problems.is_empty()).then_some(problems)
+        .collect()
 }
 
 #[cfg(test)]
