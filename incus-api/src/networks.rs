@@ -99,7 +99,9 @@ impl Networks {
     /// # Errors
     /// [`crate::Error::is_not_found`] when it does not exist.
     pub async fn get_with_etag(&self, name: &str) -> Result<(Network, Option<String>)> {
-        self.client.call_sync(ApiRequest::get(network_path(name))).await
+        self.client
+            .call_sync(ApiRequest::get(network_path(name)))
+            .await
     }
 
     /// Creates a network.

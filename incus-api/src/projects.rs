@@ -72,7 +72,9 @@ impl Projects {
     /// # Errors
     /// [`crate::Error::is_not_found`] when it does not exist.
     pub async fn get_with_etag(&self, name: &str) -> Result<(Project, Option<String>)> {
-        self.client.call_sync(ApiRequest::get(project_path(name))).await
+        self.client
+            .call_sync(ApiRequest::get(project_path(name)))
+            .await
     }
 
     /// Replaces the writable view. With `etag`, Incus refuses with 412 when the project

@@ -126,7 +126,9 @@ impl StorageVolumes {
     /// # Errors
     /// [`crate::Error::is_not_found`] when it does not exist.
     pub async fn get_with_etag(&self, name: &str) -> Result<(StorageVolume, Option<String>)> {
-        self.client.call_sync(ApiRequest::get(self.path(name))).await
+        self.client
+            .call_sync(ApiRequest::get(self.path(name)))
+            .await
     }
 
     /// Creates a volume and waits until it exists (at most `timeout`).

@@ -1,5 +1,8 @@
 //! Live tests of the events stream and of waiting on operations through it.
 
+// Helpers outside #[test] functions panic on failure, like the tests.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Live tests of exec (recorded and streaming) and the file API.
 
+// Helpers outside #[test] functions panic on failure, like the tests.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

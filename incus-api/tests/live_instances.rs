@@ -1,5 +1,8 @@
 //! Live tests of the instance calls against a real incusd over the unix socket.
 
+// Helpers outside #[test] functions panic on failure, like the tests.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

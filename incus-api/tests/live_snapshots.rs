@@ -1,5 +1,8 @@
 //! Live tests of snapshots: create, list, restore, delete.
 
+// Helpers outside #[test] functions panic on failure, like the tests.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

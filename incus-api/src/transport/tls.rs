@@ -259,6 +259,13 @@ pub(crate) fn find_pin_mismatch(
         if let Some(m) = e.downcast_ref::<PinMismatch>() {
             return Some((m.pinned.clone(), m.presented.clone()));
         }
+        // `io::Error::source` skips the wrapped error itself: step into it.
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            cur = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
+        }
         cur = e.source();
     }
     None
