@@ -1,0 +1,640 @@
+//! The planner: (what the topology asks, what Incus holds) → a [`Plan`].
+//!
+//! Pure and deterministic: no I/O, changes sorted by host, kind and name, so the same
+//! inputs give the same plan and its JSON (documented in `docs/plan-json.md`) is
+//! stable. Each object gets one action — create, update in place (live, or saying a
+//! restart is needed), replace, delete, keep, or none — with its field-level
+//! `old → new` values.
+//!
+//! Drift is told apart from an intended change by the spec hash each instance carries
+//! (`user.cul8er.spec`): when Incus holds the hash the topology gives, the topology
+//! did not change, so any difference was made behind cul8er's back. A stopped
+//! instance and a deleted replica (a gap below a replica that exists) are drift too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{
+    Desired, DesiredInstance, DesiredNetwork, DesiredVolume, KEY_IMAGE, KEY_REPLICA, KEY_RESOURCE,
+    KEY_REVISION, KEY_SPEC,
+};
+use crate::observe::{Observed, ObservedInstance};
+use crate::topology::InstanceKind;
+
+/// The version of the plan's JSON layout.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// What apply will do, object by object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`PLAN_FORMAT`].
+    pub format: u32,
+    /// The topology.
+    pub topology: String,
+    /// One entry per object, changed or not, sorted by host, kind and name.
+    pub changes: Vec<Change>,
+    /// What the plan says besides its changes (publishing that waits for the edge,
+    /// volumes kept, limits not enforced).
+    pub notes: Vec<String>,
+    /// Counts by action.
+    pub summary: Summary,
+}
+
+/// The kinds of objects a plan changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectKind {
+    /// A managed network.
+    Network,
+    /// A custom storage volume.
+    Volume,
+    /// An instance.
+    Instance,
+}
+
+impl ObjectKind {
+    /// The word used in output.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::Volume => "volume",
+            Self::Instance => "instance",
+        }
+    }
+}
+
+/// What happens to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// It is made.
+    Create,
+    /// It is changed where it stands.
+    Update,
+    /// It is deleted and made again (image or type changed).
+    Replace,
+    /// It is deleted.
+    Delete,
+    /// It is no longer declared but kept (volumes, until `destroy --volumes`).
+    Keep,
+    /// Nothing to do.
+    None,
+}
+
+impl Action {
+    /// The sign shown in front of the object: `+`, `~`, `-/+`, `-`, `=` or a space.
+    #[must_use]
+    pub fn sign(self) -> &'static str {
+        match self {
+            Self::Create => "+",
+            Self::Update => "~",
+            Self::Replace => "-/+",
+            Self::Delete => "-",
+            Self::Keep => "=",
+            Self::None => " ",
+        }
+    }
+
+    /// The word used in output.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Replace => "replace",
+            Self::Delete => "delete",
+            Self::Keep => "keep",
+            Self::None => "none",
+        }
+    }
+}
+
+/// One object's planned change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The host.
+    pub host: String,
+    /// What kind of object.
+    pub kind: ObjectKind,
+    /// Its Incus name.
+    pub name: String,
+    /// The resource, for instances.
+    pub resource: Option<String>,
+    /// What happens.
+    pub action: Action,
+    /// Whether the change puts back something altered behind cul8er's back.
+    pub drift: bool,
+    /// Whether an update needs the instance restarted.
+    pub restart: bool,
+    /// Whether the instance is stopped and will be started.
+    pub start: bool,
+    /// Why, in a few words, when the fields do not say it.
+    pub reason: Option<String>,
+    /// Field by field, `old → new`.
+    pub fields: Vec<FieldChange>,
+    /// What the object becomes (create, update, replace).
+    pub target: Option<Target>,
+}
+
+impl Change {
+    /// Whether apply has anything to do for it.
+    #[must_use]
+    pub fn is_change(&self) -> bool {
+        !matches!(self.action, Action::None | Action::Keep)
+    }
+}
+
+/// One field's change. `None` means absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// `config.KEY`, `devices.NAME`, `profiles`, `image`, `type` or `status`.
+    pub field: String,
+    /// The value Incus holds.
+    pub old: Option<String>,
+    /// The value the topology asks for.
+    pub new: Option<String>,
+    /// Whether Incus applies it to a running instance without a restart.
+    pub live: bool,
+}
+
+/// What an object becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// A network.
+    Network(DesiredNetwork),
+    /// A volume.
+    Volume(DesiredVolume),
+    /// An instance.
+    Instance(Box<DesiredInstance>),
+}
+
+/// Counts by action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Objects created.
+    pub create: usize,
+    /// Objects updated in place.
+    pub update: usize,
+    /// Objects replaced.
+    pub replace: usize,
+    /// Objects deleted.
+    pub delete: usize,
+    /// Objects kept although no longer declared.
+    pub keep: usize,
+    /// Objects left as they are.
+    pub unchanged: usize,
+    /// Changes that correct drift.
+    pub drift: usize,
+}
+
+impl Plan {
+    fn new(topology: String, mut changes: Vec<Change>, notes: Vec<String>) -> Self {
+        changes.sort_by(|a, b| (&a.host, a.kind, &a.name).cmp(&(&b.host, b.kind, &b.name)));
+        let mut summary = Summary::default();
+        for change in &changes {
+            match change.action {
+                Action::Create => summary.create += 1,
+                Action::Update => summary.update += 1,
+                Action::Replace => summary.replace += 1,
+                Action::Delete => summary.delete += 1,
+                Action::Keep => summary.keep += 1,
+                Action::None => summary.unchanged += 1,
+            }
+            if change.drift {
+                summary.drift += 1;
+            }
+        }
+        Self {
+            format: PLAN_FORMAT,
+            topology,
+            changes,
+            notes,
+            summary,
+        }
+    }
+
+    /// Whether apply has anything to do.
+    #[must_use]
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(Change::is_change)
+    }
+
+    /// The changes apply acts on.
+    pub fn actionable(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.is_change())
+    }
+
+    /// The changes on which `self` and `other` disagree, as `host/kind/name`: empty
+    /// when applying either does the same thing.
+    #[must_use]
+    pub fn differences(&self, other: &Plan) -> Vec<String> {
+        let key = |c: &Change| format!("{}/{}/{}", c.host, c.kind.as_str(), c.name);
+        let mine: BTreeMap<String, &Change> = self.actionable().map(|c| (key(c), c)).collect();
+        let theirs: BTreeMap<String, &Change> = other.actionable().map(|c| (key(c), c)).collect();
+        let keys: BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.into_iter()
+            .filter(|k| mine.get(*k) != theirs.get(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Config keys Incus sets by itself, never compared.
+fn ignored_key(key: &str) -> bool {
+    key.starts_with("volatile.")
+        || key.starts_with("image.")
+        || key == KEY_REVISION
+        || key == KEY_SPEC
+}
+
+/// Whether Incus applies a config key to a running instance.
+fn live_key(kind: InstanceKind, key: &str) -> bool {
+    if key.starts_with("user.") || key.starts_with("environment.") {
+        return true;
+    }
+    kind == InstanceKind::Container && key.starts_with("limits.")
+}
+
+fn render_device(device: &BTreeMap<String, String>) -> String {
+    device
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn instance_fields(desired: &DesiredInstance, observed: &ObservedInstance) -> Vec<FieldChange> {
+    let mut fields = Vec::new();
+    let keys: BTreeSet<&String> = desired
+        .config
+        .keys()
+        .chain(observed.config.keys())
+        .filter(|k| !ignored_key(k))
+        .collect();
+    for key in keys {
+        let old = observed.config.get(key);
+        let new = desired.config.get(key);
+        if old != new {
+            fields.push(FieldChange {
+                field: format!("config.{key}"),
+                old: old.cloned(),
+                new: new.cloned(),
+                live: live_key(desired.kind, key),
+            });
+        }
+    }
+    let names: BTreeSet<&String> = desired
+        .devices
+        .keys()
+        .chain(observed.devices.keys())
+        .collect();
+    for name in names {
+        let old = observed.devices.get(name);
+        let new = desired.devices.get(name);
+        if old != new {
+            let proxy = [old, new]
+                .into_iter()
+                .flatten()
+                .all(|d| d.get("type").map(String::as_str) == Some("proxy"));
+            fields.push(FieldChange {
+                field: format!("devices.{name}"),
+                old: old.map(render_device),
+                new: new.map(render_device),
+                live: desired.kind == InstanceKind::Container || proxy,
+            });
+        }
+    }
+    if desired.profiles != observed.profiles {
+        fields.push(FieldChange {
+            field: "profiles".to_owned(),
+            old: Some(observed.profiles.join(",")),
+            new: Some(desired.profiles.join(",")),
+            live: desired.kind == InstanceKind::Container,
+        });
+    }
+    fields
+}
+
+fn plan_instance(
+    desired: &DesiredInstance,
+    observed: Option<&ObservedInstance>,
+    gap: bool,
+) -> Change {
+    let mut change = Change {
+        host: desired.host.clone(),
+        kind: ObjectKind::Instance,
+        name: desired.name.clone(),
+        resource: Some(desired.resource.clone()),
+        action: Action::None,
+        drift: false,
+        restart: false,
+        start: false,
+        reason: None,
+        fields: Vec::new(),
+        target: Some(Target::Instance(Box::new(desired.clone()))),
+    };
+    let Some(observed) = observed else {
+        change.action = Action::Create;
+        if gap {
+            change.drift = true;
+            change.reason = Some("deleted outside cul8er".to_owned());
+        }
+        return change;
+    };
+    let same_spec = observed.key(KEY_SPEC) == Some(desired.spec.as_str());
+    let mut replace = Vec::new();
+    if observed.instance_type != desired.kind.as_incus() {
+        replace.push(FieldChange {
+            field: "type".to_owned(),
+            old: Some(observed.instance_type.clone()),
+            new: Some(desired.kind.as_incus().to_owned()),
+            live: false,
+        });
+    }
+    let image = desired.image.to_string();
+    if let Some(old) = observed.key(KEY_IMAGE)
+        && old != image
+    {
+        replace.push(FieldChange {
+            field: "image".to_owned(),
+            old: Some(old.to_owned()),
+            new: Some(image),
+            live: false,
+        });
+    }
+    let fields = instance_fields(desired, observed);
+    if !replace.is_empty() {
+        change.action = Action::Replace;
+        change.fields = replace;
+        change.fields.extend(
+            fields
+                .into_iter()
+                .filter(|f| f.field != format!("config.{KEY_IMAGE}")),
+        );
+        change.drift = same_spec;
+        return change;
+    }
+    change.fields = fields;
+    if !observed.is_running() {
+        change.start = true;
+        change.drift = true;
+        change.fields.push(FieldChange {
+            field: "status".to_owned(),
+            old: Some(observed.status.clone()),
+            new: Some("Running".to_owned()),
+            live: true,
+        });
+    }
+    if !same_spec && change.fields.is_empty() {
+        // Only what Incus cannot show differs: the release's definition or the
+        // environment.
+        change.fields.push(FieldChange {
+            field: format!("config.{KEY_SPEC}"),
+            old: observed.key(KEY_SPEC).map(str::to_owned),
+            new: Some(desired.spec.clone()),
+            live: true,
+        });
+        change.reason = Some("release definition or environment changed".to_owned());
+    }
+    if !change.fields.is_empty() {
+        change.action = Action::Update;
+        change.restart = change.fields.iter().any(|f| !f.live);
+        if same_spec {
+            change.drift = true;
+        }
+    }
+    change
+}
+
+/// Plans the changes that make Incus hold what `desired` asks for.
+#[must_use]
+pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
+    let mut changes = Vec::new();
+    let mut notes = desired.notes.clone();
+    let empty = crate::observe::ObservedHost::default();
+    let mut desired_instances: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for instance in &desired.instances {
+        desired_instances.insert((&instance.host, &instance.name));
+        let host = observed.hosts.get(&instance.host).unwrap_or(&empty);
+        let found = host.instances.iter().find(|i| i.name == instance.name);
+        // A missing replica below one that exists was deleted behind cul8er's back.
+        let gap = found.is_none()
+            && host.instances.iter().any(|i| {
+                i.key(KEY_RESOURCE) == Some(instance.resource.as_str())
+                    && i.key(KEY_REPLICA)
+                        .and_then(|r| r.parse::<u32>().ok())
+                        .is_some_and(|r| r > instance.replica)
+            });
+        changes.push(plan_instance(instance, found, gap));
+    }
+    for (host, state) in &observed.hosts {
+        for instance in &state.instances {
+            if !desired_instances.contains(&(host.as_str(), instance.name.as_str())) {
+                changes.push(delete(
+                    host,
+                    ObjectKind::Instance,
+                    &instance.name,
+                    instance.key(KEY_RESOURCE),
+                ));
+            }
+        }
+    }
+
+    let mut desired_networks: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for network in &desired.networks {
+        desired_networks.insert((&network.host, &network.name));
+        let host = observed.hosts.get(&network.host).unwrap_or(&empty);
+        let found = host.networks.iter().find(|n| n.name == network.name);
+        let mut change = Change {
+            host: network.host.clone(),
+            kind: ObjectKind::Network,
+            name: network.name.clone(),
+            resource: None,
+            action: Action::None,
+            drift: false,
+            restart: false,
+            start: false,
+            reason: None,
+            fields: Vec::new(),
+            target: None,
+        };
+        match (found, network.owned) {
+            (None, true) => {
+                change.action = Action::Create;
+                change.target = Some(Target::Network(network.clone()));
+            }
+            (None, false) => notes.push(format!(
+                "network {} does not exist on host {}: create it, or declare it as a bridge the topology owns",
+                network.name, network.host
+            )),
+            (Some(_), false) => {}
+            (Some(found), true) => {
+                for (key, new) in &network.config {
+                    let old = found.config.get(key);
+                    // `auto` becomes a concrete subnet once Incus picks one.
+                    if old != Some(new) && !(new == "auto" && old.is_some()) {
+                        change.fields.push(FieldChange {
+                            field: format!("config.{key}"),
+                            old: old.cloned(),
+                            new: Some(new.clone()),
+                            live: true,
+                        });
+                    }
+                }
+                if !change.fields.is_empty() {
+                    change.action = Action::Update;
+                    change.target = Some(Target::Network(network.clone()));
+                }
+            }
+        }
+        changes.push(change);
+    }
+    for (host, state) in &observed.hosts {
+        for network in &state.networks {
+            let ours = network.config.get(crate::desired::KEY_TOPOLOGY) == Some(&observed.topology);
+            if ours && !desired_networks.contains(&(host.as_str(), network.name.as_str())) {
+                changes.push(delete(host, ObjectKind::Network, &network.name, None));
+            }
+        }
+    }
+
+    let mut desired_volumes: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+    for volume in &desired.volumes {
+        desired_volumes.insert((&volume.host, &volume.pool, &volume.name));
+        let host = observed.hosts.get(&volume.host).unwrap_or(&empty);
+        let found = host
+            .volumes
+            .iter()
+            .find(|v| v.name == volume.name && v.pool == volume.pool);
+        let mut change = Change {
+            host: volume.host.clone(),
+            kind: ObjectKind::Volume,
+            name: volume.name.clone(),
+            resource: None,
+            action: Action::None,
+            drift: false,
+            restart: false,
+            start: false,
+            reason: None,
+            fields: Vec::new(),
+            target: None,
+        };
+        match found {
+            None => {
+                change.action = Action::Create;
+                change.target = Some(Target::Volume(volume.clone()));
+            }
+            Some(found) => {
+                for (key, new) in &volume.config {
+                    let old = found.config.get(key);
+                    if old != Some(new) {
+                        change.fields.push(FieldChange {
+                            field: format!("config.{key}"),
+                            old: old.cloned(),
+                            new: Some(new.clone()),
+                            live: true,
+                        });
+                    }
+                }
+                if !change.fields.is_empty() {
+                    change.action = Action::Update;
+                    change.target = Some(Target::Volume(volume.clone()));
+                }
+            }
+        }
+        changes.push(change);
+    }
+    for (host, state) in &observed.hosts {
+        for volume in &state.volumes {
+            let ours = volume.config.get(crate::desired::KEY_TOPOLOGY) == Some(&observed.topology);
+            if ours
+                && !desired_volumes.contains(&(
+                    host.as_str(),
+                    volume.pool.as_str(),
+                    volume.name.as_str(),
+                ))
+            {
+                let mut change = delete(host, ObjectKind::Volume, &volume.name, None);
+                change.action = Action::Keep;
+                change.reason = Some(
+                    "no longer declared; volumes are deleted only by `destroy --volumes`"
+                        .to_owned(),
+                );
+                changes.push(change);
+            }
+        }
+    }
+    Plan::new(desired.topology.clone(), changes, notes)
+}
+
+fn delete(host: &str, kind: ObjectKind, name: &str, resource: Option<&str>) -> Change {
+    Change {
+        host: host.to_owned(),
+        kind,
+        name: name.to_owned(),
+        resource: resource.map(str::to_owned),
+        action: Action::Delete,
+        drift: false,
+        restart: false,
+        start: false,
+        reason: Some(match kind {
+            ObjectKind::Instance if resource.is_some() => "no longer in the topology".to_owned(),
+            _ => "no longer declared".to_owned(),
+        }),
+        fields: Vec::new(),
+        target: None,
+    }
+}
+
+/// Plans the removal of everything the topology has in Incus: instances, owned
+/// networks, and its volumes only when `volumes` is set (otherwise they are kept).
+#[must_use]
+pub fn plan_destroy(observed: &Observed, volumes: bool) -> Plan {
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    for (host, state) in &observed.hosts {
+        for instance in &state.instances {
+            let mut change = delete(
+                host,
+                ObjectKind::Instance,
+                &instance.name,
+                instance.key(KEY_RESOURCE),
+            );
+            change.reason = Some("destroy".to_owned());
+            changes.push(change);
+        }
+        for network in &state.networks {
+            if network.config.get(crate::desired::KEY_TOPOLOGY) == Some(&observed.topology) {
+                let mut change = delete(host, ObjectKind::Network, &network.name, None);
+                change.reason = Some("destroy".to_owned());
+                changes.push(change);
+            }
+        }
+        for volume in &state.volumes {
+            if volume.config.get(crate::desired::KEY_TOPOLOGY) != Some(&observed.topology) {
+                continue;
+            }
+            let mut change = delete(host, ObjectKind::Volume, &volume.name, None);
+            change.target = Some(Target::Volume(DesiredVolume {
+                host: host.clone(),
+                pool: volume.pool.clone(),
+                name: volume.name.clone(),
+                config: BTreeMap::new(),
+            }));
+            if volumes {
+                change.reason = Some("destroy --volumes".to_owned());
+            } else {
+                change.action = Action::Keep;
+                change.reason = Some("volumes are deleted only with `--volumes`".to_owned());
+            }
+            changes.push(change);
+        }
+    }
+    if !volumes && changes.iter().any(|c| c.action == Action::Keep) {
+        notes.push("volumes are kept; `destroy --volumes` deletes them".to_owned());
+    }
+    Plan::new(observed.topology.clone(), changes, notes)
+}
