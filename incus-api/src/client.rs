@@ -394,6 +394,45 @@ impl Client {
             .await
     }
 
+    /// `GET path` with its ETag.
+    pub(crate) async fn get_with_etag<T: DeserializeOwned>(
+        &self,
+        path: impl Into<String>,
+    ) -> Result<(T, Option<String>)> {
+        self.call_sync(ApiRequest::get(path)).await
+    }
+
+    /// `GET path?recursion=1`.
+    pub(crate) async fn list<T: DeserializeOwned>(
+        &self,
+        path: impl Into<String>,
+    ) -> Result<Vec<T>> {
+        Ok(self
+            .call_sync(ApiRequest::get(path).query("recursion", "1"))
+            .await?
+            .0)
+    }
+
+    /// `method path` with a JSON body and `If-Match` when given; sync answer.
+    pub(crate) async fn write_json(
+        &self,
+        method: Method,
+        path: impl Into<String>,
+        body: &impl Serialize,
+        etag: Option<&str>,
+    ) -> Result<()> {
+        let mut req = ApiRequest::new(method, path).json(body)?;
+        if let Some(e) = etag {
+            req = req.header("if-match", e)?;
+        }
+        self.call_unit(req).await
+    }
+
+    /// `DELETE path`, sync answer.
+    pub(crate) async fn delete(&self, path: impl Into<String>) -> Result<()> {
+        self.call_unit(ApiRequest::new(Method::DELETE, path)).await
+    }
+
     /// Sends a request and returns the raw body and headers of a successful answer,
     /// turning error answers into [`Error::Api`] (files, exec output).
     pub(crate) async fn call_raw(
@@ -477,6 +516,36 @@ impl Client {
     #[must_use]
     pub fn certificates(&self) -> crate::certificates::Certificates {
         crate::certificates::Certificates::new(self.clone())
+    }
+
+    /// Profiles.
+    #[must_use]
+    pub fn profiles(&self) -> crate::profiles::Profiles {
+        crate::profiles::Profiles::new(self.clone())
+    }
+
+    /// Network ACLs.
+    #[must_use]
+    pub fn network_acls(&self) -> crate::network_acls::NetworkAcls {
+        crate::network_acls::NetworkAcls::new(self.clone())
+    }
+
+    /// Images and their aliases.
+    #[must_use]
+    pub fn images(&self) -> crate::images::Images {
+        crate::images::Images::new(self.clone())
+    }
+
+    /// Storage pools and their volumes.
+    #[must_use]
+    pub fn storage(&self) -> crate::storage::Storage {
+        crate::storage::Storage::new(self.clone())
+    }
+
+    /// The cluster and its members.
+    #[must_use]
+    pub fn cluster(&self) -> crate::cluster::Cluster {
+        crate::cluster::Cluster::new(self.clone())
     }
 
     /// The `/1.0/events` stream.

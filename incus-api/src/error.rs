@@ -164,10 +164,20 @@ impl Error {
         self.status() == Some(404)
     }
 
-    /// Whether Incus said the object already exists or is in a conflicting state (HTTP 409).
+    /// Whether Incus said the object already exists or is in a conflicting state.
+    ///
+    /// That is HTTP 409, but Incus 6.0 also reports some name collisions as a 500
+    /// ("The profile already exists") or as a failed operation (a database `UNIQUE`
+    /// constraint): those count too.
     #[must_use]
     pub fn is_conflict(&self) -> bool {
-        self.status() == Some(409)
+        let collision =
+            |m: &str| m.contains("already exists") || m.contains("UNIQUE constraint failed");
+        match self {
+            Self::Api { status: 409, .. } => true,
+            Self::Api { message, .. } | Self::OperationFailed { message, .. } => collision(message),
+            _ => false,
+        }
     }
 
     /// Whether an `If-Match` ETag no longer matched (HTTP 412): someone else changed
@@ -209,3 +219,32 @@ impl Error {
 
 /// The result type of the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, message: &str) -> Error {
+        Error::Api {
+            method: http::Method::POST,
+            path: "/1.0/profiles".into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn conflicts_are_recognised_whatever_the_status() {
+        assert!(api(409, "x").is_conflict());
+        assert!(
+            api(
+                500,
+                "Error inserting \"p\" into database: The profile already exists"
+            )
+            .is_conflict()
+        );
+        assert!(!api(500, "Server is not clustered").is_conflict());
+        assert!(api(404, "Instance not found").is_not_found());
+        assert!(api(412, "ETag doesn't match").is_precondition_failed());
+    }
+}

@@ -14,19 +14,24 @@
 
 pub mod certificates;
 pub mod client;
+pub mod cluster;
 pub mod devices;
 pub mod error;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod images;
 pub mod instances;
+pub mod network_acls;
 pub mod networks;
 pub mod operations;
+pub mod profiles;
 pub mod projects;
 pub mod request;
 mod response;
 pub mod server;
 pub mod snapshots;
+pub mod storage;
 pub mod storage_volumes;
 pub mod transport;
 pub mod trust;

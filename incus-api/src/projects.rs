@@ -90,3 +90,50 @@ impl Projects {
         self.client.call_unit(req).await
     }
 }
+
+impl Projects {
+    /// All projects.
+    ///
+    /// # Errors
+    /// On any API or transport failure.
+    pub async fn list(&self) -> Result<Vec<Project>> {
+        self.client.list("/1.0/projects").await
+    }
+
+    /// Creates a project. Projects made through the API get their own images,
+    /// profiles and volumes by default, and an empty `default` profile.
+    ///
+    /// # Errors
+    /// [`crate::Error::is_conflict`] when it exists.
+    pub async fn create(&self, name: &str, put: &ProjectPut) -> Result<()> {
+        let body = serde_json::json!({ "name": name, "description": put.description, "config": put.config });
+        self.client
+            .send_json(Method::POST, "/1.0/projects", &body)
+            .await
+    }
+
+    /// Renames a project (it must be empty).
+    ///
+    /// # Errors
+    /// When Incus refuses.
+    pub async fn rename(
+        &self,
+        name: &str,
+        new_name: &str,
+    ) -> Result<crate::operations::PendingOperation> {
+        self.client
+            .call_async(
+                ApiRequest::new(Method::POST, project_path(name))
+                    .json(&serde_json::json!({ "name": new_name }))?,
+            )
+            .await
+    }
+
+    /// Deletes a project (it must be empty).
+    ///
+    /// # Errors
+    /// When it is in use or does not exist.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.client.delete(project_path(name)).await
+    }
+}

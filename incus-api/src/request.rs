@@ -8,13 +8,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use http_body_util::BodyExt as _;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use serde::Serialize;
 
 use crate::error::{BoxError, Error, Result};
 
 /// The body type sent by the client.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Percent-encodes one path segment (instance names are safe, but image aliases may
 /// contain `/` and file paths travel in the query).
@@ -152,13 +152,13 @@ impl ApiRequest {
 pub(crate) fn empty_body() -> Body {
     http_body_util::Empty::<Bytes>::new()
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 pub(crate) fn full_body(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 #[cfg(test)]
