@@ -7,9 +7,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Bring up the real test environment: Incus, the pool, the test images, TLS, the cluster.
-setup:
-    bash scripts/incus-env.sh up
+# Bring up the real test environment: Incus, the pool, the test images, TLS, the cluster
+# (`just setup --with-debian` adds the systemd image). Writes /run/cul8er-test-env.
+setup *args:
+    bash scripts/incus-env.sh up {{args}}
 
 # Remove everything `setup` created that the tests use (daemons, cluster, images).
 teardown:
@@ -19,12 +20,18 @@ teardown:
 demo: setup
     cargo run --quiet -p cul8er-cli -- --help
 
-# Every test: unit, decoding, and live against the real Incus environment.
+# Every test: unit, decoding, and live against the real Incus environment, whose sockets,
+# addresses and image aliases reach the tests as CUL8ER_TEST_* variables (README).
 test: setup
-    if cargo nextest --version >/dev/null 2>&1; then \
-        cargo nextest run --workspace --no-fail-fast; \
-    else \
-        cargo test --workspace --no-fail-fast --lib --bins --tests; \
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -a
+    . /run/cul8er-test-env
+    set +a
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast
+    else
+        cargo test --workspace --no-fail-fast --lib --bins --tests
     fi
     cargo test --workspace --doc
 
@@ -35,5 +42,9 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup
+bench: setup bench-proxy
     @echo "no benchmarks yet"
+
+# Requests/s, p50/p99 and memory per 1,000 idle connections: cul8er-proxy, nginx, HAProxy.
+bench-proxy:
+    bash bench/proxy/run.sh

@@ -77,7 +77,7 @@ for port in 18081 18082 18090 18091 18092; do
         exit 1
     fi
 done
-ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "building (release)..." >&2
 (cd "$root" && cargo build --release --quiet -p cul8er-proxy --bin cul8er-proxy \

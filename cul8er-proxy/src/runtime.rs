@@ -228,7 +228,6 @@ pub(crate) struct Shared {
 
 struct RunningListener {
     bind: SocketAddr,
-    local: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -240,7 +239,6 @@ struct Checker {
 #[derive(Default)]
 struct Control {
     backends: HashMap<(String, String), Arc<Backend>>,
-    removed: Vec<Arc<Backend>>,
     listeners: HashMap<String, RunningListener>,
     checkers: HashMap<(String, String), Checker>,
     clients: HashMap<(UpstreamProtocol, TimeoutConfig), UpstreamClient>,
@@ -258,6 +256,10 @@ pub struct Proxy {
     shared: Arc<Shared>,
     control: Arc<tokio::sync::Mutex<Control>>,
     tasks: Arc<Mutex<Tasks>>,
+    /// Removed backends with requests still in flight, for the stats.
+    removed: Arc<Mutex<Vec<Arc<Backend>>>>,
+    /// Each listener's bound address, readable while a change is being applied.
+    bound: Arc<Mutex<HashMap<String, SocketAddr>>>,
     health_changed: Arc<Notify>,
     shutdown: CancellationToken,
 }
@@ -300,6 +302,8 @@ impl Proxy {
                 listeners: JoinSet::new(),
                 background: JoinSet::new(),
             })),
+            removed: Arc::default(),
+            bound: Arc::default(),
             health_changed: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
         };
@@ -325,8 +329,7 @@ impl Proxy {
     /// The address a listener actually bound (useful with port 0).
     #[must_use]
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        let control = self.control.try_lock().ok()?;
-        control.listeners.get(listener).map(|l| l.local)
+        lock(&self.bound).get(listener).copied()
     }
 
     /// Sets one backend's weight.
@@ -402,11 +405,7 @@ impl Proxy {
     #[must_use]
     pub fn stats(&self) -> Stats {
         let snapshot = self.shared.snapshot.load_full();
-        let removed: Vec<Arc<Backend>> = self
-            .control
-            .try_lock()
-            .map(|c| c.removed.clone())
-            .unwrap_or_default();
+        let removed = lock(&self.removed).clone();
         let services = snapshot
             .config
             .services
@@ -585,7 +584,7 @@ impl Proxy {
                                 &old,
                                 config.settings.drain_timeout,
                             );
-                            control.removed.push(old);
+                            lock(&self.removed).push(old);
                         }
                         b
                     }
@@ -651,6 +650,8 @@ impl Proxy {
             }
             keep
         });
+        let mut bound_addrs = lock(&self.bound);
+        bound_addrs.retain(|name, _| control.listeners.contains_key(name));
         for (name, bind_addr, socket) in bound {
             let stop = self.shutdown.child_token();
             let local = socket.local_addr().unwrap_or(bind_addr);
@@ -662,11 +663,11 @@ impl Proxy {
                 stop.clone(),
                 config.settings.shutdown_timeout,
             ));
+            bound_addrs.insert(name.clone(), local);
             control.listeners.insert(
                 name,
                 RunningListener {
                     bind: bind_addr,
-                    local,
                     stop,
                 },
             );
@@ -683,12 +684,10 @@ impl Proxy {
         for key in gone {
             if let Some(old) = control.backends.remove(&key) {
                 retire(&mut tasks.background, &old, config.settings.drain_timeout);
-                control.removed.push(old);
+                lock(&self.removed).push(old);
             }
         }
-        control
-            .removed
-            .retain(|b| b.active() > 0 && !b.cut.is_cancelled());
+        lock(&self.removed).retain(|b| b.active() > 0 && !b.cut.is_cancelled());
 
         // Health checkers follow the backends and their service's check.
         control.checkers.retain(|key, checker| {
