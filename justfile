@@ -7,8 +7,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Bring up the real test environment: Incus, the pool, the test images, TLS, the cluster
-# (`just setup --with-debian` adds the systemd image). Writes /run/cul8er-test-env.
+# Bring up the real test environment: Incus, pool, images, TLS, cluster (--with-debian: systemd image too).
 setup *args:
     bash scripts/incus-env.sh up {{args}}
 
@@ -20,8 +19,7 @@ teardown:
 demo: setup
     cargo run --quiet -p cul8er-cli -- --help
 
-# Every test: unit, decoding, and live against the real Incus environment, whose sockets,
-# addresses and image aliases reach the tests as CUL8ER_TEST_* variables (README).
+# Every test: unit, decoding, and live against the real Incus environment (CUL8ER_TEST_* variables).
 test: setup
     #!/usr/bin/env bash
     set -euo pipefail
