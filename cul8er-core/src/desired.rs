@@ -463,7 +463,7 @@ mod tests {
     fn single_replica_exposes_through_a_loopback_proxy_device() {
         let t = load(
             r#"topology t { network n subnet="10.9.0.1/24" nat=#false
-               resource api { image "cul8er-busybox" network n { expose 8080 public=18081 protocol=http } } }"#,
+               resource api { image "cul8er-busybox"; network n { expose 8080 public=18081 protocol=http; }; }; }"#,
         );
         let d = desire(&t, &DesireOptions::default()).unwrap();
         let api = &d.instances[0];
@@ -479,7 +479,7 @@ mod tests {
     fn replicated_exposed_resource_waits_for_the_edge() {
         let t = load(
             r#"topology t { network n subnet="10.9.0.1/24" nat=#false
-               resource web { image "cul8er-busybox" replicas 2 network n { expose 8080 public=18080 protocol=http } } }"#,
+               resource web { image "cul8er-busybox"; replicas 2; network n { expose 8080 public=18080 protocol=http; }; }; }"#,
         );
         let d = desire(&t, &DesireOptions::default()).unwrap();
         assert_eq!(d.instances.len(), 2);
@@ -493,8 +493,8 @@ mod tests {
 
     #[test]
     fn a_limit_changes_the_spec_hash() {
-        let a = load(r#"topology t { resource w { image "x" limits { memory "64MiB" } } }"#);
-        let b = load(r#"topology t { resource w { image "x" limits { memory "128MiB" } } }"#);
+        let a = load(r#"topology t { resource w { image "x"; limits { memory "64MiB"; }; }; }"#);
+        let b = load(r#"topology t { resource w { image "x"; limits { memory "128MiB"; }; }; }"#);
         let da = desire(&a, &DesireOptions::default()).unwrap();
         let db = desire(&b, &DesireOptions::default()).unwrap();
         assert_ne!(da.instances[0].spec, db.instances[0].spec);
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn later_capabilities_are_refused_by_name() {
-        let t = load(r#"topology t { security { nesting #false } resource w { image "x" } }"#);
+        let t = load(r#"topology t { security { nesting #false; }; resource w { image "x"; }; }"#);
         let err = desire(&t, &DesireOptions::default()).unwrap_err();
         assert!(err.to_string().contains("`security` block"), "{err}");
     }

@@ -222,7 +222,7 @@ pub enum StepError {
         host: String,
         /// What Incus said.
         #[source]
-        source: incus_api::Error,
+        source: Box<incus_api::Error>,
     },
     /// The release could not be deployed.
     #[error("cannot deploy the release into instance {name} on host {host}")]
@@ -233,7 +233,7 @@ pub enum StepError {
         host: String,
         /// Why.
         #[source]
-        source: ReleaseError,
+        source: Box<ReleaseError>,
     },
     /// The plan does not say what the object becomes, or names a host without a
     /// client.
@@ -483,12 +483,12 @@ impl Executor {
         network: &DesiredNetwork,
         action: Action,
     ) -> Result<(), StepError> {
-        let fail = |what, source| StepError::Incus {
+        let fail = |what, source: incus_api::Error| StepError::Incus {
             what,
             kind: "network",
             name: network.name.clone(),
             host: network.host.clone(),
-            source,
+            source: Box::new(source),
         };
         let config: HashMap<String, String> = network.config.clone().into_iter().collect();
         if action == Action::Create {
@@ -823,7 +823,7 @@ impl Executor {
             .map_err(|source| StepError::Release {
                 name: change.name.clone(),
                 host: change.host.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -839,6 +839,6 @@ fn incus(
         kind,
         name: change.name.clone(),
         host: change.host.clone(),
-        source,
+        source: Box::new(source),
     }
 }

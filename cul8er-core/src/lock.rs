@@ -123,7 +123,7 @@ pub enum LockError {
         host: String,
         /// What Incus said.
         #[source]
-        source: incus_api::Error,
+        source: Box<incus_api::Error>,
     },
     /// Other writers kept changing the project.
     #[error(
@@ -238,10 +238,10 @@ pub struct LeaseScope {
 impl LeaseScope {
     fn incus(&self, what: &str) -> impl FnOnce(incus_api::Error) -> LockError + '_ {
         let what = what.to_owned();
-        move |source| LockError::Incus {
+        move |source: incus_api::Error| LockError::Incus {
             what,
             host: self.host.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -102,7 +102,7 @@ pub struct ObserveError {
     pub what: String,
     /// What Incus said.
     #[source]
-    pub source: incus_api::Error,
+    pub source: Box<incus_api::Error>,
 }
 
 fn without_volatile(
@@ -135,7 +135,11 @@ pub async fn observe_host(
     let fail = |what: &str| {
         let what = what.to_owned();
         let host = host.to_owned();
-        move |source| ObserveError { host, what, source }
+        move |source: incus_api::Error| ObserveError {
+            host,
+            what,
+            source: Box::new(source),
+        }
     };
     let options =
         incus_api::instances::ListOptions::filter(format!("config.{KEY_TOPOLOGY} eq {topology}"));

@@ -638,3 +638,88 @@ pub fn plan_destroy(observed: &Observed, volumes: bool) -> Plan {
     }
     Plan::new(observed.topology.clone(), changes, notes)
 }
+
+fn quoted(value: Option<&String>) -> String {
+    value.map_or_else(|| "(none)".to_owned(), |v| format!("{v:?}"))
+}
+
+/// The plan as people read it, like `terraform plan`: one line per changed object
+/// with its sign (`+ ~ -/+ - =`), its fields `old → new` below it, the notes, and a
+/// summary line. Plain text: the CLI adds colour by the leading sign.
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut host = None;
+        for change in self.changes.iter().filter(|c| c.action != Action::None) {
+            if host != Some(&change.host) {
+                writeln!(f, "host {}:", change.host)?;
+                host = Some(&change.host);
+            }
+            let mut line = format!(
+                "  {} {} {}",
+                change.action.sign(),
+                change.kind.as_str(),
+                change.name
+            );
+            if let Some(resource) = &change.resource {
+                line.push_str(&format!(" ({resource})"));
+            }
+            let mut tags = Vec::new();
+            if change.drift {
+                tags.push("drift".to_owned());
+            }
+            if change.action == Action::Update {
+                tags.push(if change.restart {
+                    "restart needed".to_owned()
+                } else {
+                    "live".to_owned()
+                });
+            }
+            if let Some(reason) = &change.reason {
+                tags.push(reason.clone());
+            }
+            if !tags.is_empty() {
+                line.push_str(&format!("  [{}]", tags.join(", ")));
+            }
+            writeln!(f, "{line}")?;
+            for field in &change.fields {
+                let sign = match (&field.old, &field.new) {
+                    (None, Some(_)) => "+",
+                    (Some(_), None) => "-",
+                    _ => "~",
+                };
+                writeln!(
+                    f,
+                    "      {sign} {}: {} → {}",
+                    field.field,
+                    quoted(field.old.as_ref()),
+                    quoted(field.new.as_ref())
+                )?;
+            }
+        }
+        if !self.notes.is_empty() {
+            writeln!(f, "notes:")?;
+            for note in &self.notes {
+                writeln!(f, "  * {note}")?;
+            }
+        }
+        let s = &self.summary;
+        if self.has_changes() {
+            write!(
+                f,
+                "Plan: {} to create, {} to update, {} to replace, {} to delete",
+                s.create, s.update, s.replace, s.delete
+            )?;
+            if s.drift > 0 {
+                write!(f, " ({} correcting drift)", s.drift)?;
+            }
+            writeln!(f, ".")
+        } else {
+            writeln!(
+                f,
+                "No changes: Incus matches topology {} ({} objects).",
+                self.topology,
+                s.unchanged + s.keep
+            )
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! The library's front door: a topology bound to its Incus hosts and its state
+//! directory, with plan, apply, status, destroy, import and the lock commands.
+//!
+//! The CLI is a thin shell over [`Deployment`]; so is any Rust program that deploys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{
+    self, DesireError, DesireOptions, Desired, KEY_IMAGE, KEY_RELEASE, KEY_REPLICA, KEY_RESOURCE,
+    KEY_REVISION, KEY_TOPOLOGY,
+};
+use crate::execute::{ApplyEvent, ApplyOptions, ApplyOutcome, Cancel, Environments, Executor};
+use crate::lock::{Holder, LeaseRecord, LeaseScope, LocalLock, LockError};
+use crate::observe::{self, ObserveError, Observed};
+use crate::plan::{self, Plan};
+use crate::release::{ReleaseError, ResolvedEnv};
+use crate::state::{StateDir, StateError};
+use crate::topology::{Endpoint, Topology};
+
+/// How long a lease lasts unless renewed; renewed every third of it while apply runs.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// A deployment operation failed before or around the steps themselves (the steps'
+/// own failures are in [`ApplyOutcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The topology cannot be planned.
+    #[error("cannot plan topology {topology}")]
+    Desire {
+        /// The topology.
+        topology: String,
+        /// Why.
+        #[source]
+        source: DesireError,
+    },
+    /// A host cannot be reached.
+    #[error("cannot connect to host {host} of topology {topology}")]
+    Connect {
+        /// The topology.
+        topology: String,
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: Box<incus_api::Error>,
+    },
+    /// A host names a remote, which needs the remote store.
+    #[error(
+        "host {host} names remote `{remote}`, which is not configured; add it with `cul8er remote add {remote} https://HOST:8443 --token TOKEN`"
+    )]
+    UnknownRemote {
+        /// The host.
+        host: String,
+        /// The remote.
+        remote: String,
+    },
+    /// Reading Incus failed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// A lock or the lease could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The state directory could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A saved plan no longer matches the world.
+    #[error("the saved plan no longer matches what Incus holds ({}); run `cul8er plan` again", .differences.join(", "))]
+    WorldMoved {
+        /// The objects whose change differs, as `host/kind/name`.
+        differences: Vec<String>,
+    },
+    /// A saved plan is for another topology.
+    #[error("the plan is for topology {plan}, not {topology}")]
+    WrongTopology {
+        /// The plan's topology.
+        plan: String,
+        /// This topology.
+        topology: String,
+    },
+    /// A release's environment cannot be resolved.
+    #[error("cannot resolve the environment of resource {resource}")]
+    Environment {
+        /// The resource.
+        resource: String,
+        /// Why.
+        #[source]
+        source: Box<ReleaseError>,
+    },
+    /// `import` was asked for something it cannot do.
+    #[error("cannot import instance {instance} as resource {resource}: {reason}")]
+    Import {
+        /// The resource.
+        resource: String,
+        /// The instance.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
+    /// An Incus request outside the steps failed.
+    #[error("cannot {what} on host {host}")]
+    Incus {
+        /// What was being done.
+        what: String,
+        /// The host.
+        host: String,
+        /// What Incus said.
+        #[source]
+        source: Box<incus_api::Error>,
+    },
+}
+
+/// What an apply is asked to do besides the plan.
+pub struct ApplyRequest<'a> {
+    /// Steps in flight at most.
+    pub parallelism: usize,
+    /// `Some(volumes)` when the plan is a destroy plan, so that the check against
+    /// the world re-plans the same way.
+    pub destroy: Option<bool>,
+    /// The operator's environment, for `secret X from=env`.
+    pub env: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
+    /// Who applies.
+    pub holder: Holder,
+}
+
+impl std::fmt::Debug for ApplyRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyRequest")
+            .field("parallelism", &self.parallelism)
+            .field("destroy", &self.destroy)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an apply did, as recorded in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The revision id.
+    pub revision: String,
+    /// The plan that was applied.
+    pub plan: Plan,
+    /// What each step did.
+    pub outcome: ApplyOutcome,
+}
+
+/// One instance in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The host.
+    pub host: String,
+    /// The instance.
+    pub name: String,
+    /// The resource.
+    pub resource: String,
+    /// `Running`, `Stopped`, ... or `missing`.
+    pub status: String,
+    /// The revision that last changed it.
+    pub revision: Option<String>,
+    /// The release version it carries.
+    pub release: Option<String>,
+    /// Whether it matches the topology (no pending change).
+    pub up_to_date: bool,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The topology.
+    pub topology: String,
+    /// Every declared and found instance.
+    pub instances: Vec<InstanceStatus>,
+    /// Pending changes by action, from a fresh plan.
+    pub pending: plan::Summary,
+    /// The lease, when someone is applying.
+    pub lease: Option<LeaseRecord>,
+}
+
+/// One deployment found by `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    /// The host.
+    pub host: String,
+    /// The topology.
+    pub topology: String,
+    /// Instances carrying its key.
+    pub instances: usize,
+    /// Of those, running.
+    pub running: usize,
+    /// The highest revision found on them.
+    pub revision: Option<String>,
+}
+
+/// A client for `host` as the topology describes it.
+///
+/// # Errors
+///
+/// [`DeployError::Connect`] when the local socket cannot be found,
+/// [`DeployError::UnknownRemote`] for a remote that is not configured.
+pub fn connect_host(topology: &Topology, host: &str) -> Result<incus_api::Client, DeployError> {
+    let declared = topology.host(host);
+    let endpoint = declared.map_or(&Endpoint::Local, |h| &h.endpoint);
+    let connect_error = |source: incus_api::Error| DeployError::Connect {
+        topology: topology.name.clone(),
+        host: host.to_owned(),
+        source: Box::new(source),
+    };
+    let client = match endpoint {
+        Endpoint::Local => incus_api::Client::local().map_err(connect_error)?,
+        Endpoint::Socket { path } => incus_api::Client::unix(path).map_err(connect_error)?,
+        Endpoint::Remote { remote } => {
+            return Err(DeployError::UnknownRemote {
+                host: host.to_owned(),
+                remote: remote.clone(),
+            });
+        }
+    };
+    Ok(match declared.and_then(|h| h.project.as_deref()) {
+        Some(project) => client.project(project),
+        None => client,
+    })
+}
+
+/// A topology bound to its hosts and its state directory.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The topology.
+    pub topology: Topology,
+    /// Clients by host name.
+    pub clients: BTreeMap<String, incus_api::Client>,
+    /// The state directory.
+    pub state: StateDir,
+    /// Settings the topology does not carry.
+    pub options: DesireOptions,
+}
+
+impl Deployment {
+    /// Binds `topology` to clients made from its hosts' endpoints.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_host`].
+    pub fn connect(topology: Topology, state: StateDir) -> Result<Self, DeployError> {
+        let mut clients = BTreeMap::new();
+        for host in &topology.hosts {
+            clients.insert(host.name.clone(), connect_host(&topology, &host.name)?);
+        }
+        Ok(Self::with_clients(topology, clients, state))
+    }
+
+    /// Binds `topology` to the given clients (tests, embedders with their own
+    /// transport).
+    #[must_use]
+    pub fn with_clients(
+        topology: Topology,
+        clients: BTreeMap<String, incus_api::Client>,
+        state: StateDir,
+    ) -> Self {
+        Self {
+            topology,
+            clients,
+            state,
+            options: DesireOptions::default(),
+        }
+    }
+
+    /// What the topology asks Incus for.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Desire`] naming the blocks that cannot be deployed yet.
+    pub fn desired(&self) -> Result<Desired, DeployError> {
+        desired::desire(&self.topology, &self.options).map_err(|source| DeployError::Desire {
+            topology: self.topology.name.clone(),
+            source,
+        })
+    }
+
+    /// Reads what Incus holds for the topology.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Observe`] naming the host and listing that failed.
+    pub async fn observe(&self, desired: &Desired) -> Result<Observed, DeployError> {
+        Ok(observe::observe(desired, &self.clients).await?)
+    }
+
+    /// Plans the changes that make Incus hold what the topology asks.
+    ///
+    /// # Errors
+    ///
+    /// As [`Deployment::desired`] and [`Deployment::observe`].
+    pub async fn plan(&self) -> Result<Plan, DeployError> {
+        let desired = self.desired()?;
+        let observed = self.observe(&desired).await?;
+        Ok(plan::plan(&desired, &observed))
+    }
+
+    /// Plans the removal of everything the topology has in Incus; volumes only when
+    /// `volumes` is set.
+    ///
+    /// # Errors
+    ///
+    /// As [`Deployment::observe`].
+    pub async fn plan_destroy(&self, volumes: bool) -> Result<Plan, DeployError> {
+        // Destroy works from what Incus holds, so it also works for topologies that
+        // use blocks the planner refuses.
+        let desired = self.desired().unwrap_or_else(|_| Desired {
+            topology: self.topology.name.clone(),
+            hosts: self.clients.keys().cloned().collect(),
+            networks: Vec::new(),
+            volumes: Vec::new(),
+            instances: Vec::new(),
+            notes: Vec::new(),
+        });
+        let observed = self.observe(&desired).await?;
+        Ok(plan::plan_destroy(&observed, volumes))
+    }
+
+    /// The host whose project holds the lease and the revision counter: the first
+    /// host of the topology.
+    fn lease_scope(&self) -> Result<LeaseScope, DeployError> {
+        let (host, client) = self
+            .clients
+            .iter()
+            .next()
+            .ok_or_else(|| DeployError::Import {
+                resource: String::new(),
+                instance: String::new(),
+                reason: "the topology has no host".to_owned(),
+            })?;
+        let project = self
+            .topology
+            .host(host)
+            .and_then(|h| h.project.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        Ok(LeaseScope {
+            client: client.clone(),
+            host: host.clone(),
+            project,
+            topology: self.topology.name.clone(),
+        })
+    }
+
+    /// Who holds the lease, if anyone.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Lock`] when the project cannot be read.
+    pub async fn lock_status(&self) -> Result<Option<LeaseRecord>, DeployError> {
+        Ok(self.lease_scope()?.status().await?)
+    }
+
+    /// Removes the lease whoever holds it; returns the record removed.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Lock`] when the project cannot be changed.
+    pub async fn lock_release_force(&self) -> Result<Option<LeaseRecord>, DeployError> {
+        Ok(self.lease_scope()?.force_release().await?)
+    }
+
+    /// Applies `plan`: takes the local lock and the server lease, checks that the
+    /// world still gives the same plan, records the revision, runs the steps (the
+    /// lease renewed meanwhile), records the outcome and gives the lease back.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Lock`] when someone else is applying (the error names them),
+    /// [`DeployError::WorldMoved`] when the plan is stale, and the errors of
+    /// planning. Failed steps are not errors: they are in the report's outcome.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        request: &ApplyRequest<'_>,
+        cancel: &Cancel,
+        on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
+    ) -> Result<ApplyReport, DeployError> {
+        let topology = &self.topology.name;
+        if plan.topology != *topology {
+            return Err(DeployError::WrongTopology {
+                plan: plan.topology.clone(),
+                topology: topology.clone(),
+            });
+        }
+        let _local = LocalLock::acquire(
+            self.state.topology_dir(topology).join("lock"),
+            topology,
+            &request.holder,
+        )?;
+        let scope = self.lease_scope()?;
+        let mut lease = scope.acquire(&request.holder, LEASE_TTL).await?;
+        let result = self
+            .apply_leased(plan, request, cancel, on_event, &mut lease)
+            .await;
+        let released = lease.release().await;
+        let report = result?;
+        released?;
+        Ok(report)
+    }
+
+    async fn apply_leased(
+        &self,
+        plan: &Plan,
+        request: &ApplyRequest<'_>,
+        cancel: &Cancel,
+        on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
+        lease: &mut crate::lock::Lease,
+    ) -> Result<ApplyReport, DeployError> {
+        let topology = &self.topology.name;
+        let current = match request.destroy {
+            Some(volumes) => self.plan_destroy(volumes).await?,
+            None => self.plan().await?,
+        };
+        let differences = plan.differences(&current);
+        if !differences.is_empty() {
+            return Err(DeployError::WorldMoved { differences });
+        }
+        let mut environments = Environments::new();
+        if request.destroy.is_none() {
+            for resource in &self.topology.resources {
+                if resource.release.is_some() {
+                    let env = ResolvedEnv::resolve(&resource.environment, request.env).map_err(
+                        |source| DeployError::Environment {
+                            resource: resource.name.clone(),
+                            source: Box::new(source),
+                        },
+                    )?;
+                    environments.insert(resource.name.clone(), env);
+                }
+            }
+        }
+        let revision = format!("{:06}", lease.next_revision().await?);
+        self.state
+            .write_record(topology, &revision, "topology", &self.topology)?;
+        self.state.write_record(topology, &revision, "plan", plan)?;
+        let executor = Executor {
+            clients: self.clients.clone(),
+            environments,
+            options: ApplyOptions {
+                parallelism: request.parallelism,
+                revision: revision.clone(),
+                ..ApplyOptions::default()
+            },
+        };
+        let done = tokio_util::sync::CancellationToken::new();
+        let keep = async {
+            let kept = lease.keep_alive(&done).await;
+            if let Err(e) = &kept {
+                // Without the lease another operator may start: start nothing more.
+                tracing::warn!(error = %e, "lost the lease; stopping");
+                cancel.graceful.cancel();
+            }
+            kept
+        };
+        let run = async {
+            let outcome = executor.apply(plan, cancel, on_event).await;
+            done.cancel();
+            outcome
+        };
+        let (outcome, kept) = tokio::join!(run, keep);
+        self.state
+            .write_record(topology, &revision, "outcome", &outcome)?;
+        kept?;
+        Ok(ApplyReport {
+            revision,
+            plan: plan.clone(),
+            outcome,
+        })
+    }
+
+    /// What runs, instance by instance, with the changes a plan would make.
+    ///
+    /// # Errors
+    ///
+    /// As [`Deployment::plan`].
+    pub async fn status(&self) -> Result<Status, DeployError> {
+        let desired = self.desired()?;
+        let observed = self.observe(&desired).await?;
+        let plan = plan::plan(&desired, &observed);
+        let pending: BTreeSet<(&str, &str)> = plan
+            .actionable()
+            .map(|c| (c.host.as_str(), c.name.as_str()))
+            .collect();
+        let mut instances = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (host, state) in &observed.hosts {
+            for instance in &state.instances {
+                seen.insert((host.clone(), instance.name.clone()));
+                instances.push(InstanceStatus {
+                    host: host.clone(),
+                    name: instance.name.clone(),
+                    resource: instance.key(KEY_RESOURCE).unwrap_or_default().to_owned(),
+                    status: instance.status.clone(),
+                    revision: instance.key(KEY_REVISION).map(str::to_owned),
+                    release: instance.key(KEY_RELEASE).map(str::to_owned),
+                    up_to_date: !pending.contains(&(host.as_str(), instance.name.as_str())),
+                });
+            }
+        }
+        for instance in &desired.instances {
+            if !seen.contains(&(instance.host.clone(), instance.name.clone())) {
+                instances.push(InstanceStatus {
+                    host: instance.host.clone(),
+                    name: instance.name.clone(),
+                    resource: instance.resource.clone(),
+                    status: "missing".to_owned(),
+                    revision: None,
+                    release: None,
+                    up_to_date: false,
+                });
+            }
+        }
+        instances.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
+        Ok(Status {
+            topology: self.topology.name.clone(),
+            instances,
+            pending: plan.summary,
+            lease: self.lock_status().await?,
+        })
+    }
+
+    /// Brings the unmanaged instance `instance` under management as the next free
+    /// replica of `resource`, without replacing it: its `user.cul8er.*` keys are set
+    /// and, when its name differs from the derived one, it is renamed (stopped for
+    /// the rename and started again). The next plan shows what else differs.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Import`] when the resource is unknown, the instance belongs to
+    /// a topology already or every replica exists; [`DeployError::Incus`] when Incus
+    /// refuses a step.
+    pub async fn import(&self, resource: &str, instance: &str) -> Result<String, DeployError> {
+        let import_error = |reason: String| DeployError::Import {
+            resource: resource.to_owned(),
+            instance: instance.to_owned(),
+            reason,
+        };
+        let Some(declared) = self.topology.resource(resource) else {
+            return Err(import_error(format!(
+                "topology {} has no resource {resource}",
+                self.topology.name
+            )));
+        };
+        let host = declared.host.clone();
+        let client = self
+            .clients
+            .get(&host)
+            .ok_or_else(|| import_error(format!("no connection to host {host}")))?;
+        let incus = |what: &str| {
+            let what = what.to_owned();
+            let host = host.clone();
+            move |source: incus_api::Error| DeployError::Incus {
+                what,
+                host,
+                source: Box::new(source),
+            }
+        };
+        let (current, _) = client
+            .instances()
+            .get_with_etag(instance)
+            .await
+            .map_err(incus(&format!("read instance {instance}")))?;
+        if let Some(owner) = current.config.get(KEY_TOPOLOGY) {
+            return Err(import_error(format!(
+                "it already belongs to topology {owner}"
+            )));
+        }
+        let desired = self.desired()?;
+        let observed = self.observe(&desired).await?;
+        let taken: BTreeSet<&str> = observed
+            .hosts
+            .get(&host)
+            .map(|h| h.instances.iter().map(|i| i.name.as_str()).collect())
+            .unwrap_or_default();
+        let Some(target) = desired
+            .instances
+            .iter()
+            .find(|i| i.resource == resource && !taken.contains(i.name.as_str()))
+        else {
+            return Err(import_error(format!(
+                "all {} replicas of {resource} exist",
+                declared.replicas
+            )));
+        };
+        if target.name != instance {
+            let running = current.is_running();
+            let wait = Duration::from_secs(120);
+            if running {
+                let op = client
+                    .instances()
+                    .stop(instance, false, None)
+                    .await
+                    .map_err(incus(&format!("stop instance {instance}")))?;
+                op.wait(wait)
+                    .await
+                    .and_then(incus_api::Operation::into_success)
+                    .map_err(incus(&format!("stop instance {instance}")))?;
+            }
+            let op = client
+                .instances()
+                .rename(instance, &target.name)
+                .await
+                .map_err(incus(&format!("rename instance {instance}")))?;
+            op.wait(wait)
+                .await
+                .and_then(incus_api::Operation::into_success)
+                .map_err(incus(&format!("rename instance {instance}")))?;
+            if running {
+                let op = client
+                    .instances()
+                    .start(&target.name)
+                    .await
+                    .map_err(incus(&format!("start instance {}", target.name)))?;
+                op.wait(wait)
+                    .await
+                    .and_then(incus_api::Operation::into_success)
+                    .map_err(incus(&format!("start instance {}", target.name)))?;
+            }
+        }
+        let (current, etag) = client
+            .instances()
+            .get_with_etag(&target.name)
+            .await
+            .map_err(incus(&format!("read instance {}", target.name)))?;
+        let mut put = current.to_put();
+        for key in [KEY_TOPOLOGY, KEY_RESOURCE, KEY_REPLICA, KEY_IMAGE] {
+            if let Some(value) = target.config.get(key) {
+                put.config.insert(key.to_owned(), value.clone());
+            }
+        }
+        let op = client
+            .instances()
+            .update(&target.name, &put, etag.as_deref())
+            .await
+            .map_err(incus(&format!("update instance {}", target.name)))?;
+        op.wait(Duration::from_secs(120))
+            .await
+            .and_then(incus_api::Operation::into_success)
+            .map_err(incus(&format!("update instance {}", target.name)))?;
+        Ok(target.name.clone())
+    }
+}
+
+/// Every deployment found on `clients` (from the `user.cul8er.*` keys), with its
+/// revision and how many of its instances run.
+///
+/// # Errors
+///
+/// [`DeployError::Incus`] naming the host that could not be listed.
+pub async fn list(
+    clients: &BTreeMap<String, incus_api::Client>,
+) -> Result<Vec<DeploymentSummary>, DeployError> {
+    let mut found = Vec::new();
+    for (host, client) in clients {
+        let options =
+            incus_api::instances::ListOptions::filter(format!("config.{KEY_TOPOLOGY} eq .+"));
+        let instances =
+            client
+                .instances()
+                .list(&options)
+                .await
+                .map_err(|source: incus_api::Error| DeployError::Incus {
+                    what: "list instances".to_owned(),
+                    host: host.clone(),
+                    source: Box::new(source),
+                })?;
+        let mut by_topology: BTreeMap<String, DeploymentSummary> = BTreeMap::new();
+        for instance in instances {
+            let Some(topology) = instance.config.get(KEY_TOPOLOGY) else {
+                continue;
+            };
+            let entry = by_topology
+                .entry(topology.clone())
+                .or_insert_with(|| DeploymentSummary {
+                    host: host.clone(),
+                    topology: topology.clone(),
+                    instances: 0,
+                    running: 0,
+                    revision: None,
+                });
+            entry.instances += 1;
+            if instance.is_running() {
+                entry.running += 1;
+            }
+            if let Some(revision) = instance.config.get(KEY_REVISION)
+                && entry.revision.as_ref().is_none_or(|r| r < revision)
+            {
+                entry.revision = Some(revision.clone());
+            }
+        }
+        found.extend(by_topology.into_values());
+    }
+    Ok(found)
+}
