@@ -53,6 +53,12 @@ pub(crate) struct Decoder<'a> {
     vars: BTreeMap<String, String>,
     /// Variables already reported as unset; uses of them add no second problem.
     unset_vars: Vec<String>,
+    /// Whether the topology declared a host (even an invalid one).
+    saw_host: bool,
+    /// Resources without `on=`, resolved when the topology is complete.
+    hostless: Vec<usize>,
+    /// The single blocks of the topology already seen (`security`, `secrets`, ...).
+    topology_blocks: HashMap<String, SourceSpan>,
 }
 
 const TOPOLOGY_CHILDREN: &[&str] = &[
@@ -110,6 +116,9 @@ impl<'a> Decoder<'a> {
             env,
             vars: BTreeMap::new(),
             unset_vars: Vec::new(),
+            saw_host: false,
+            hostless: Vec::new(),
+            topology_blocks: HashMap::new(),
         }
     }
 
@@ -472,8 +481,10 @@ impl<'a> Decoder<'a> {
 
     // ---- the format ------------------------------------------------------------------
 
-    /// Decodes one `topology NAME { ... }` node.
-    pub(crate) fn topology(&mut self, node: &RawNode) -> Topology {
+    /// Starts decoding a `topology NAME { ... }` node; its children follow one by one
+    /// through [`Self::topology_child`], then [`Self::finish_topology`]. Streaming them
+    /// keeps only one resource's raw nodes in memory at a time.
+    pub(crate) fn start_topology(&mut self, node: &RawNode) -> Topology {
         self.props(node, &[]);
         let name = self
             .name_arg(node, "a name, e.g. `topology production { ... }`")
@@ -492,14 +503,9 @@ impl<'a> Decoder<'a> {
                 .help("declare hosts and resources inside `topology NAME { ... }`"),
             );
         }
-        let children = self.children(node, TOPOLOGY_CHILDREN, &[]);
-        // Variables first: any string below may use them.
-        for child in children.iter().filter(|c| c.name == "variable") {
-            self.variable(child);
-        }
-        let mut topology = Topology {
+        Topology {
             name,
-            variables: self.vars.clone(),
+            variables: BTreeMap::new(),
             hosts: Vec::new(),
             networks: Vec::new(),
             volumes: Vec::new(),
@@ -509,58 +515,85 @@ impl<'a> Decoder<'a> {
             secrets: None,
             certificates: None,
             zones: Vec::new(),
-        };
-        let mut seen = HashMap::new();
-        let mut resources = Vec::new();
-        for child in children {
-            match child.name.as_str() {
-                "host" => {
-                    let index = topology.hosts.len();
-                    if let Some(host) = self.host(child, index) {
-                        topology.hosts.push(host);
-                    }
+        }
+    }
+
+    /// Decodes one child of the topology into it.
+    pub(crate) fn topology_child(&mut self, topology: &mut Topology, child: &RawNode) {
+        match child.name.as_str() {
+            "variable" => {
+                self.variable(child);
+                topology.variables.clone_from(&self.vars);
+            }
+            "host" => {
+                self.saw_host = true;
+                let index = topology.hosts.len();
+                if let Some(host) = self.host(child, index) {
+                    topology.hosts.push(host);
                 }
-                "network" => {
-                    let index = topology.networks.len();
-                    if let Some(network) = self.network(child, index) {
-                        topology.networks.push(network);
-                    }
+            }
+            "network" => {
+                let index = topology.networks.len();
+                if let Some(network) = self.network(child, index) {
+                    topology.networks.push(network);
                 }
-                "volume" => {
-                    let index = topology.volumes.len();
-                    if let Some(volume) = self.volume(child, index) {
-                        topology.volumes.push(volume);
-                    }
+            }
+            "volume" => {
+                let index = topology.volumes.len();
+                if let Some(volume) = self.volume(child, index) {
+                    topology.volumes.push(volume);
                 }
-                // After the hosts, which a resource without `on=` needs.
-                "resource" => resources.push(child),
-                "cluster" => {
-                    let index = topology.clusters.len();
-                    if let Some(cluster) = self.app_cluster(child, index) {
-                        topology.clusters.push(cluster);
-                    }
+            }
+            "resource" => {
+                let index = topology.resources.len();
+                if let Some(resource) = self.resource(child, index) {
+                    topology.resources.push(resource);
                 }
-                "security" if self.once(&mut seen, child) => {
+            }
+            "cluster" => {
+                let index = topology.clusters.len();
+                if let Some(cluster) = self.app_cluster(child, index) {
+                    topology.clusters.push(cluster);
+                }
+            }
+            "security" => {
+                if self.once_in_topology(child) {
                     self.spans.set("security".into(), child.name_span);
                     topology.security = Some(self.security(child));
                 }
-                "secrets" if self.once(&mut seen, child) => {
+            }
+            "secrets" => {
+                if self.once_in_topology(child) {
                     topology.secrets = Some(self.secret_store(child));
                 }
-                "certificates" if self.once(&mut seen, child) => {
+            }
+            "certificates" => {
+                if self.once_in_topology(child) {
                     self.spans.set("certificates".into(), child.name_span);
                     topology.certificates = Some(self.certificates(child));
                 }
-                "zone" => {
-                    let index = topology.zones.len();
-                    if let Some(zone) = self.zone(child, index) {
-                        topology.zones.push(zone);
-                    }
-                }
-                _ => {}
             }
+            "zone" => {
+                let index = topology.zones.len();
+                if let Some(zone) = self.zone(child, index) {
+                    topology.zones.push(zone);
+                }
+            }
+            other => self.push(
+                Problem::new(
+                    ProblemKind::UnknownNode,
+                    format!("unknown node `{other}` in `topology`"),
+                )
+                .at(Some(child.name_span), "not known here")
+                .help(suggestion(other, TOPOLOGY_CHILDREN, "child nodes")),
+            ),
         }
-        if topology.hosts.is_empty() && !node.children.iter().any(|c| c.name == "host") {
+    }
+
+    /// Completes a topology once all its children are decoded: the implicit local host,
+    /// and the host of resources that did not name one.
+    pub(crate) fn finish_topology(&mut self, topology: &mut Topology) {
+        if topology.hosts.is_empty() && !self.saw_host {
             topology.hosts.push(Host {
                 name: "local".into(),
                 endpoint: Endpoint::Local,
@@ -569,13 +602,39 @@ impl<'a> Decoder<'a> {
                 cluster: None,
             });
         }
-        for child in resources {
-            let index = topology.resources.len();
-            if let Some(resource) = self.resource(child, index, &topology.hosts) {
-                topology.resources.push(resource);
+        let hostless = std::mem::take(&mut self.hostless);
+        if let [only] = topology.hosts.as_slice() {
+            for index in hostless {
+                topology.resources[index].host.clone_from(&only.name);
             }
+            return;
         }
-        topology
+        let names: Vec<&str> = topology.hosts.iter().map(|h| h.name.as_str()).collect();
+        let mut unique = names.clone();
+        unique.dedup();
+        for index in hostless {
+            let resource = &topology.resources[index];
+            let problem = Problem::new(
+                ProblemKind::Missing,
+                format!(
+                    "resource `{}` does not say which host it runs on",
+                    resource.name
+                ),
+            )
+            .at(self.spans.get(&format!("r{index}")), "no `on=`")
+            .help(format!(
+                "the topology has several hosts: add `on=HOST` with one of: {}",
+                unique.join(", ")
+            ));
+            self.push(problem);
+        }
+    }
+
+    fn once_in_topology(&mut self, node: &RawNode) -> bool {
+        let mut seen = std::mem::take(&mut self.topology_blocks);
+        let first = self.once(&mut seen, node);
+        self.topology_blocks = seen;
+        first
     }
 
     fn variable(&mut self, node: &RawNode) {
@@ -786,7 +845,7 @@ impl<'a> Decoder<'a> {
     }
 
     #[allow(clippy::too_many_lines)]
-    fn resource(&mut self, node: &RawNode, index: usize, hosts: &[Host]) -> Option<Resource> {
+    fn resource(&mut self, node: &RawNode, index: usize) -> Option<Resource> {
         self.props(node, &["type", "on"]);
         let (name, span) = self.name_arg(node, "a name")?;
         let key = format!("r{index}");
@@ -806,20 +865,8 @@ impl<'a> Decoder<'a> {
                 self.spans.set(format!("{key}.on"), entry.span);
                 self.string(entry).unwrap_or_default()
             }
-            None if hosts.len() == 1 => hosts[0].name.clone(),
             None => {
-                let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-                self.push(
-                    Problem::new(
-                        ProblemKind::Missing,
-                        format!("resource `{name}` does not say which host it runs on"),
-                    )
-                    .at(Some(span), "no `on=`")
-                    .help(format!(
-                        "the topology has several hosts: add `on=HOST` with one of: {}",
-                        names.join(", ")
-                    )),
-                );
+                self.hostless.push(index);
                 String::new()
             }
         };

@@ -74,7 +74,7 @@ pub struct Problem {
     span: Option<SourceSpan>,
     label: Option<String>,
     help: Option<String>,
-    secondary: Option<(SourceSpan, String)>,
+    secondary: Option<Box<(SourceSpan, String)>>,
 }
 
 impl Problem {
@@ -109,7 +109,7 @@ impl Problem {
     #[must_use]
     pub fn also(mut self, span: Option<SourceSpan>, label: impl Into<String>) -> Self {
         if let Some(span) = span {
-            self.secondary = Some((span, label.into()));
+            self.secondary = Some(Box::new((span, label.into())));
         }
         self
     }
@@ -164,7 +164,7 @@ impl Diagnostic for Problem {
         let secondary = self
             .secondary
             .iter()
-            .map(|(span, label)| LabeledSpan::new_with_span(Some(label.clone()), *span));
+            .map(|secondary| LabeledSpan::new_with_span(Some(secondary.1.clone()), secondary.0));
         Some(Box::new(std::iter::once(primary).chain(secondary)))
     }
 }

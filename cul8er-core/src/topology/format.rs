@@ -17,9 +17,10 @@ use super::raw;
 pub fn format_kdl(source: &str, origin: &str) -> Result<String, TopologyError> {
     let mut document = KdlDocument::parse_v2(source).map_err(|error| {
         // The read path's wording first; kdl's own when only kdl refuses the text.
-        let problems = raw::parse(source)
-            .err()
-            .unwrap_or_else(|| raw::kdl_problems(&error, source));
+        let mut problems = raw::syntax_problems(source);
+        if problems.is_empty() {
+            problems = raw::kdl_problems(&error, source);
+        }
         TopologyError::new(origin, source, problems)
     })?;
     // The default configuration: four spaces, comments kept.

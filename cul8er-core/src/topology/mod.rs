@@ -38,7 +38,7 @@ pub mod names;
 mod raw;
 pub mod units;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 pub use builder::TopologyBuilder;
@@ -100,58 +100,65 @@ pub fn parse(
     origin: &str,
     options: &LoadOptions<'_>,
 ) -> Result<Vec<Topology>, TopologyError> {
-    let nodes =
-        raw::parse(source).map_err(|problems| TopologyError::new(origin, source, problems))?;
     let mut problems = Vec::new();
-    let mut seen: HashMap<&str, &raw::RawNode> = HashMap::new();
-    let mut selected = Vec::new();
-    for node in &nodes {
-        if node.name != "topology" {
-            let help = if decode_child_of_topology(&node.name) {
-                format!(
-                    "`{}` belongs inside a topology: `topology NAME {{ {} ... }}`",
-                    node.name, node.name
-                )
-            } else {
-                suggestion(&node.name, &["topology"], "nodes")
-            };
-            problems.push(
-                Problem::new(
-                    ProblemKind::UnknownNode,
-                    format!("unknown top-level node `{}`", node.name),
-                )
-                .at(Some(node.name_span), "not known here")
-                .help(help),
-            );
-            continue;
+    let mut names: Vec<(String, miette::SourceSpan)> = Vec::new();
+    let mut any_topology = false;
+    let mut topologies = Vec::new();
+    // The topology being decoded, while its children stream in.
+    let mut current: Option<(decode::Decoder<'_>, Topology)> = None;
+    raw::read(source, &mut |item| match item {
+        raw::Item::Open(node) => {
+            current = None;
+            if node.name != "topology" {
+                problems.push(unknown_top_level(&node));
+                return;
+            }
+            any_topology = true;
+            let name = node
+                .entries
+                .iter()
+                .find(|e| e.key.is_none())
+                .and_then(|e| match &e.value {
+                    raw::RawValue::String(name) => Some(name.clone()),
+                    _ => None,
+                });
+            if let Some(name) = &name {
+                if let Some((_, first)) = names.iter().find(|(seen, _)| seen == name) {
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::Duplicate,
+                            format!("topology `{name}` is declared twice"),
+                        )
+                        .at(Some(node.name_span), "declared again here")
+                        .also(Some(*first), "first declared here")
+                        .help("topology names must be unique in a file"),
+                    );
+                    return;
+                }
+                names.push((name.clone(), node.name_span));
+            }
+            if options.topology.is_none() || options.topology == name.as_deref() {
+                let mut decoder = decode::Decoder::new(options.env);
+                let topology = decoder.start_topology(&node);
+                current = Some((decoder, topology));
+            }
         }
-        let name = node
-            .entries
-            .iter()
-            .find(|e| e.key.is_none())
-            .and_then(|e| match &e.value {
-                raw::RawValue::String(name) => Some(name.as_str()),
-                _ => None,
-            });
-        if let Some(name) = name
-            && let Some(first) = seen.insert(name, node)
-        {
-            problems.push(
-                Problem::new(
-                    ProblemKind::Duplicate,
-                    format!("topology `{name}` is declared twice"),
-                )
-                .at(Some(node.name_span), "declared again here")
-                .also(Some(first.name_span), "first declared here")
-                .help("topology names must be unique in a file"),
-            );
-            continue;
+        raw::Item::Child(child) => {
+            if let Some((decoder, topology)) = current.as_mut() {
+                decoder.topology_child(topology, &child);
+            }
         }
-        if options.topology.is_none() || options.topology == name {
-            selected.push(node);
+        raw::Item::Close => {
+            if let Some((mut decoder, mut topology)) = current.take() {
+                decoder.finish_topology(&mut topology);
+                problems.append(&mut decoder.problems);
+                problems.extend(check::check(&topology, &decoder.spans));
+                topologies.push(topology);
+            }
         }
-    }
-    if nodes.iter().all(|node| node.name != "topology") && problems.is_empty() {
+    })
+    .map_err(|syntax| TopologyError::new(origin, source, syntax))?;
+    if !any_topology && problems.is_empty() {
         problems.push(
             Problem::new(ProblemKind::Missing, "the file declares no topology")
                 .at(Some(miette::SourceSpan::from(0..0)), "empty")
@@ -159,32 +166,21 @@ pub fn parse(
         );
     }
     if let Some(wanted) = options.topology
-        && selected.is_empty()
+        && topologies.is_empty()
+        && any_topology
     {
-        let names: Vec<&str> = seen
-            .keys()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut known: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+        known.sort_unstable();
         problems.push(
             Problem::new(
                 ProblemKind::NoSuchTopology,
                 format!("the file has no topology `{wanted}`"),
             )
-            .help(match suggestion(wanted, &names, "topologies") {
+            .help(match suggestion(wanted, &known, "topologies") {
                 s if s.starts_with("did you") => s,
-                _ => format!("topologies in the file: {}", names.join(", ")),
+                _ => format!("topologies in the file: {}", known.join(", ")),
             }),
         );
-    }
-    let mut topologies = Vec::with_capacity(selected.len());
-    for node in selected {
-        let mut decoder = decode::Decoder::new(options.env);
-        let topology = decoder.topology(node);
-        problems.append(&mut decoder.problems);
-        problems.extend(check::check(&topology, &decoder.spans));
-        topologies.push(topology);
     }
     if problems.is_empty() {
         Ok(topologies)
@@ -192,6 +188,23 @@ pub fn parse(
         problems.sort_by_key(|p| p.span().map_or(usize::MAX, |s| s.offset()));
         Err(TopologyError::new(origin, source, problems))
     }
+}
+
+fn unknown_top_level(node: &raw::RawNode) -> Problem {
+    let help = if decode_child_of_topology(&node.name) {
+        format!(
+            "`{}` belongs inside a topology: `topology NAME {{ {} ... }}`",
+            node.name, node.name
+        )
+    } else {
+        suggestion(&node.name, &["topology"], "nodes")
+    };
+    Problem::new(
+        ProblemKind::UnknownNode,
+        format!("unknown top-level node `{}`", node.name),
+    )
+    .at(Some(node.name_span), "not known here")
+    .help(help)
 }
 
 fn decode_child_of_topology(name: &str) -> bool {

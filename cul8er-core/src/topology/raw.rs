@@ -4,8 +4,15 @@
 //! than `kdl` 6 and keeps byte spans (figures in `docs/topology.md`). Its errors are
 //! precise (one span, the first mistake); this module words them for people and adds
 //! the fix. `fmt` uses `kdl` 6 because its document model keeps comments.
+//!
+//! `just-kdl` 0.3.0 writes the characters it decodes one at a time (string escapes,
+//! numbers) inside a `debug_assert!`, so a build without its debug assertions loses
+//! them. The workspace keeps them on (`[profile.release.package.just-kdl]`); for builds
+//! that do not (cul8er-core used as a dependency), a self-check on first use switches
+//! to `kdl` 6 for reading too, slower but correct.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use just_kdl::dom::{Event, Value};
 use just_kdl::lexer::LexerError;
@@ -58,21 +65,142 @@ fn span(range: &Range<usize>) -> SourceSpan {
     SourceSpan::from(range.start..range.end)
 }
 
-/// Parses `source` into top-level nodes, or returns the syntax problem.
-pub(crate) fn parse(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
-    read_fast(source).map_err(|problem| vec![*problem])
+/// What the reader hands out as it goes, so that a large topology never exists as a
+/// whole raw tree: each top-level node without its children, then its children one by
+/// one, complete, then the end of it.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A top-level node with its entries; `children` is empty, `has_children` is set.
+    Open(RawNode),
+    /// A complete child of the top-level node last opened.
+    Child(RawNode),
+    /// The end of the top-level node last opened.
+    Close,
 }
 
-fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
-    // A stack of open nodes; the bottom is a pseudo-root holding the document.
-    let mut stack: Vec<RawNode> = vec![RawNode {
-        name: String::new(),
-        name_span: SourceSpan::from(0..0),
-        entries: Vec::new(),
-        children: Vec::new(),
-        has_children: true,
-    }];
-    let mut type_problem = None;
+/// Reads `source`, handing each [`Item`] to `sink`; stops at the first syntax error.
+pub(crate) fn read(source: &str, sink: &mut dyn FnMut(Item)) -> Result<(), Vec<Problem>> {
+    if fast_reader_is_sound() {
+        read_fast(source, sink).map_err(|problem| vec![*problem])
+    } else {
+        for mut node in read_kdl6(source)? {
+            let children = std::mem::take(&mut node.children);
+            sink(Item::Open(node));
+            for child in children {
+                sink(Item::Child(child));
+            }
+            sink(Item::Close);
+        }
+        Ok(())
+    }
+}
+
+/// Parses `source` into a whole tree of top-level nodes.
+#[cfg(test)]
+pub(crate) fn parse(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
+    let mut nodes: Vec<RawNode> = Vec::new();
+    read(source, &mut |item| match item {
+        Item::Open(node) => nodes.push(node),
+        Item::Child(child) => {
+            if let Some(parent) = nodes.last_mut() {
+                parent.children.push(child);
+            }
+        }
+        Item::Close => {}
+    })?;
+    Ok(nodes)
+}
+
+/// The syntax problems of `source`, empty when it is valid KDL.
+pub(crate) fn syntax_problems(source: &str) -> Vec<Problem> {
+    read(source, &mut |_| {}).err().unwrap_or_default()
+}
+
+/// Whether `just-kdl` decodes escapes and numbers in this build (see the module notes).
+fn fast_reader_is_sound() -> bool {
+    static SOUND: OnceLock<bool> = OnceLock::new();
+    *SOUND.get_or_init(|| {
+        let mut values = Vec::new();
+        let read = read_fast("probe \"a\\tb\" 12 0x1f", &mut |item| {
+            if let Item::Open(node) = item {
+                values = node.entries.into_iter().map(|e| e.value).collect();
+            }
+        });
+        let sound = read.is_ok()
+            && values
+                == [
+                    RawValue::String("a\tb".to_owned()),
+                    RawValue::Integer(12),
+                    RawValue::Integer(31),
+                ];
+        if !sound {
+            tracing::warn!(
+                "just-kdl built without debug assertions decodes values wrongly; reading topologies with kdl 6"
+            );
+        }
+        sound
+    })
+}
+
+/// The same tree through `kdl` 6.
+fn read_kdl6(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
+    fn convert(node: &kdl::KdlNode) -> Result<RawNode, Problem> {
+        if let Some(ty) = node.ty() {
+            return Err(type_annotation_problem(
+                &(ty.span().offset()..ty.span().offset() + ty.span().len()),
+            ));
+        }
+        let mut entries = Vec::with_capacity(node.entries().len());
+        for entry in node.entries() {
+            if let Some(ty) = entry.ty() {
+                return Err(type_annotation_problem(
+                    &(ty.span().offset()..ty.span().offset() + ty.span().len()),
+                ));
+            }
+            let value = match entry.value() {
+                kdl::KdlValue::String(text) => RawValue::String(text.clone()),
+                kdl::KdlValue::Integer(int) => RawValue::Integer(*int),
+                kdl::KdlValue::Float(float) => RawValue::Float(*float),
+                kdl::KdlValue::Bool(value) => RawValue::Bool(*value),
+                kdl::KdlValue::Null => RawValue::Null,
+            };
+            entries.push(RawEntry {
+                key: entry.name().map(|key| key.value().to_owned()),
+                value,
+                span: entry.span(),
+            });
+        }
+        let children = match node.children() {
+            Some(document) => document
+                .nodes()
+                .iter()
+                .map(convert)
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(RawNode {
+            name: node.name().value().to_owned(),
+            name_span: node.name().span(),
+            entries,
+            children,
+            has_children: node.children().is_some(),
+        })
+    }
+    let document =
+        kdl::KdlDocument::parse_v2(source).map_err(|error| kdl_problems(&error, source))?;
+    document
+        .nodes()
+        .iter()
+        .map(convert)
+        .collect::<Result<_, _>>()
+        .map_err(|problem| vec![problem])
+}
+
+fn read_fast(source: &str, sink: &mut dyn FnMut(Item)) -> Result<(), Box<Problem>> {
+    // The open nodes, outermost first; a top-level node is handed out as soon as its
+    // entries are read, and each of its children when complete.
+    let mut stack: Vec<RawNode> = Vec::new();
+    let mut top_opened = false;
     // Where each open `{` is, to point at the one left unclosed.
     let mut open_braces: Vec<Range<usize>> = Vec::new();
     for item in Reader::new(source.as_bytes()) {
@@ -81,8 +209,8 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
         })?;
         match event {
             Event::Node { r#type, name } => {
-                if r#type.is_some() && type_problem.is_none() {
-                    type_problem = Some(type_annotation_problem(&range));
+                if r#type.is_some() {
+                    return Err(Box::new(type_annotation_problem(&range)));
                 }
                 stack.push(RawNode {
                     name: name.to_string(),
@@ -93,8 +221,8 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
                 });
             }
             Event::Entry(entry) => {
-                if entry.r#type.is_some() && type_problem.is_none() {
-                    type_problem = Some(type_annotation_problem(&range));
+                if entry.r#type.is_some() {
+                    return Err(Box::new(type_annotation_problem(&range)));
                 }
                 let value = match entry.value {
                     Value::String(text) => RawValue::String(text.to_string()),
@@ -118,24 +246,44 @@ fn read_fast(source: &str) -> Result<Vec<RawNode>, Box<Problem>> {
                 if let Some(node) = stack.last_mut() {
                     node.has_children = true;
                 }
+                if stack.len() == 1 {
+                    let top = &mut stack[0];
+                    sink(Item::Open(RawNode {
+                        name: std::mem::take(&mut top.name),
+                        name_span: top.name_span,
+                        entries: std::mem::take(&mut top.entries),
+                        children: Vec::new(),
+                        has_children: true,
+                    }));
+                    top_opened = true;
+                }
             }
             Event::End => {
-                if stack.last().is_some_and(|node| node.has_children) {
+                let Some(node) = stack.pop() else {
+                    continue;
+                };
+                if node.has_children {
                     open_braces.pop();
                 }
-                if stack.len() > 1 {
-                    let node = stack.pop().expect("stack has more than the root");
-                    if let Some(parent) = stack.last_mut() {
-                        parent.children.push(node);
+                match stack.len() {
+                    0 => {
+                        if !top_opened {
+                            sink(Item::Open(node));
+                        }
+                        sink(Item::Close);
+                        top_opened = false;
+                    }
+                    1 => sink(Item::Child(node)),
+                    _ => {
+                        if let Some(parent) = stack.last_mut() {
+                            parent.children.push(node);
+                        }
                     }
                 }
             }
         }
     }
-    if let Some(problem) = type_problem {
-        return Err(Box::new(problem));
-    }
-    Ok(stack.pop().map(|root| root.children).unwrap_or_default())
+    Ok(())
 }
 
 /// `range` inside `source` and on character boundaries, so it can be shown.
@@ -287,6 +435,24 @@ mod tests {
                 .iter()
                 .all(|p| p.kind() == ProblemKind::Syntax && p.span().is_some())
         );
+    }
+
+    #[test]
+    fn this_build_decodes_values_with_the_fast_reader() {
+        assert!(
+            fast_reader_is_sound(),
+            "just-kdl needs its debug assertions: see the module notes"
+        );
+    }
+
+    #[test]
+    fn both_readers_build_the_same_tree() {
+        let source =
+            "a 1 key=\"v\\n\" 2.5 #null {\n  b #true 0x1f\n}\nc \"\"\"\n  multi\n  line\n  \"\"\"";
+        let fast = parse(source).unwrap();
+        let slow = read_kdl6(source).unwrap();
+        let show = |nodes: &[RawNode]| format!("{nodes:?}");
+        assert_eq!(show(&fast), show(&slow));
     }
 
     #[test]
