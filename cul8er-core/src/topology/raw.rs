@@ -111,6 +111,41 @@ pub(crate) fn parse(source: &str) -> Result<Vec<RawNode>, Vec<Problem>> {
     Ok(nodes)
 }
 
+/// The nodes, entries and values of `source` without spans: two texts with the same
+/// shape mean the same topology. `None` when `source` is not valid KDL.
+pub(crate) fn shape(source: &str) -> Option<String> {
+    fn write(node: &RawNode, out: &mut String) {
+        out.push_str(&format!("{:?}", node.name));
+        for entry in &node.entries {
+            out.push_str(&format!(" {:?}={:?}", entry.key, entry.value));
+        }
+        if node.has_children {
+            out.push('{');
+            for child in &node.children {
+                write(child, out);
+            }
+            out.push('}');
+        }
+        out.push(';');
+    }
+    let mut out = String::new();
+    let mut open: Option<RawNode> = None;
+    let result = read(source, &mut |item| match item {
+        Item::Open(node) => open = Some(node),
+        Item::Child(child) => {
+            if let Some(node) = open.as_mut() {
+                node.children.push(child);
+            }
+        }
+        Item::Close => {
+            if let Some(node) = open.take() {
+                write(&node, &mut out);
+            }
+        }
+    });
+    result.ok().map(|()| out)
+}
+
 /// The syntax problems of `source`, empty when it is valid KDL.
 pub(crate) fn syntax_problems(source: &str) -> Vec<Problem> {
     read(source, &mut |_| {}).err().unwrap_or_default()
