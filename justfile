@@ -40,9 +40,18 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup bench-proxy
+bench: setup bench-proxy bench-topology
     @echo "no benchmarks yet"
 
 # Requests/s, p50/p99 and memory per 1,000 idle connections: cul8er-proxy, nginx, HAProxy.
 bench-proxy:
     bash bench/proxy/run.sh
+
+# Topology parse + validate of 50, 500 and 5,000 resources: time, peak memory, ratio.
+bench-topology:
+    cargo bench -p cul8er-core --bench topology
+
+# Fuzz topology parse + validate + fmt for SECONDS (default 5 minutes); grows fuzz/corpus.
+fuzz SECONDS="300":
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    cd fuzz && cargo +nightly fuzz run topology -- -max_total_time={{SECONDS}} -max_len=4096

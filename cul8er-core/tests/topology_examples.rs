@@ -210,25 +210,26 @@ fn incus_cluster_placement_and_remote_hosts() {
     );
 }
 
-/// Every ```kdl block in the format reference is a valid topology file.
+/// Every ```kdl block in the format reference and the README is a valid topology file.
 #[test]
-fn every_kdl_block_in_the_format_reference_validates() {
-    let path = root().join("docs/topology.md");
-    let text = fs_err::read_to_string(&path).unwrap();
+fn every_kdl_block_in_the_docs_validates() {
     let env = test_env;
     let mut blocks = 0;
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("```kdl\n") {
-        let body = &rest[start + 7..];
-        let end = body.find("```").expect("unclosed kdl block");
-        let block = &body[..end];
-        let line = text[..text.len() - rest.len() + start].lines().count() + 1;
-        let origin = format!("docs/topology.md:{line}");
-        if let Err(err) = topology::parse(block, &origin, &LoadOptions::new(&env)) {
-            panic!("{:?}", miette::Report::new(err));
+    for doc in ["docs/topology.md", "README.md"] {
+        let text = fs_err::read_to_string(root().join(doc)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```kdl\n") {
+            let body = &rest[start + 7..];
+            let end = body.find("```").expect("unclosed kdl block");
+            let block = &body[..end];
+            let line = text[..text.len() - rest.len() + start].lines().count() + 1;
+            let origin = format!("{doc}:{line}");
+            if let Err(err) = topology::parse(block, &origin, &LoadOptions::new(&env)) {
+                panic!("{:?}", miette::Report::new(err));
+            }
+            blocks += 1;
+            rest = &body[end + 3..];
         }
-        blocks += 1;
-        rest = &body[end + 3..];
     }
-    assert!(blocks >= 10, "only {blocks} kdl blocks in docs/topology.md");
+    assert!(blocks >= 11, "only {blocks} kdl blocks in the docs");
 }
