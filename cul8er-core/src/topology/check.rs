@@ -21,6 +21,7 @@ pub(crate) fn check(topology: &Topology, spans: &Spans) -> Vec<Problem> {
         problems: Vec::new(),
     };
     checker.names();
+    checker.values();
     checker.references();
     checker.ports();
     checker.strategies();
@@ -183,6 +184,48 @@ impl Checker<'_> {
             .at(span, "invalid name")
             .help(help),
         );
+    }
+
+    /// Ranges a file cannot get wrong (the decoder refuses them) but code can.
+    fn values(&mut self) {
+        if !self.spans.is_empty() {
+            // From a file: the decoder already checked these, with better spans.
+            return;
+        }
+        for (index, resource) in self.topology.resources.iter().enumerate() {
+            let span = self.span(&format!("r{index}"));
+            let mut bad = |what: String| {
+                self.problems.push(
+                    Problem::new(
+                        ProblemKind::InvalidValue,
+                        format!("resource `{}`: {what}", resource.name),
+                    )
+                    .at(span, "invalid value"),
+                );
+            };
+            if !(1..=999).contains(&resource.replicas) {
+                bad(format!(
+                    "replicas {} is out of range: expected 1 to 999",
+                    resource.replicas
+                ));
+            }
+            if resource.strategy.max_parallel == 0 {
+                bad("max-parallel 0: at least one instance must change at a time".to_owned());
+            }
+            for expose in resource.networks.iter().flat_map(|a| &a.expose) {
+                if expose.port == 0 || expose.public == 0 {
+                    bad("port 0 cannot be exposed".to_owned());
+                }
+            }
+            if let Some(health) = &resource.strategy.health
+                && (health.interval.as_millis() == 0 || health.timeout > health.interval)
+            {
+                bad(
+                    "the health check interval must be above zero and at least its timeout"
+                        .to_owned(),
+                );
+            }
+        }
     }
 
     #[allow(clippy::too_many_lines)]
