@@ -54,7 +54,7 @@ started_at=$SECONDS
 
 # --- output and failure -------------------------------------------------------------
 
-say() { printf 'incus-env: %s\n' "$*" >&2; }
+say() { printf 'incus-env [%3ss]: %s\n' "$((SECONDS - started_at))" "$*" >&2; }
 
 # Names the step in progress, so that a failure says where it happened and what to do.
 step() {
@@ -75,17 +75,19 @@ on_error() {
     local status=$1 line=$2 command=$3
     trap - ERR
     say "error in step '$current_step': \`$command\` failed with status $status (scripts/incus-env.sh line $line)"
+    [ "$status" = 124 ] && say "it timed out: the daemon did not answer within 5 minutes"
     [ -n "$step_hint" ] && say "what to do: $step_hint"
     [ -n "$step_log" ] && say "log: $step_log"
     exit "$status"
 }
 trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
 
-# The incus client against one daemon, chosen by its INCUS_DIR.
+# The incus client against one daemon, chosen by its INCUS_DIR. A daemon that stops
+# answering fails the step after 5 minutes instead of hanging the run.
 incus_at() {
     local dir=$1
     shift
-    INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" incus "$@"
+    INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" timeout 300 incus "$@"
 }
 
 # --- 1. packages ----------------------------------------------------------------------
@@ -215,12 +217,23 @@ incusd_binary() {
     return 1
 }
 
-# True when the daemon of DIR answers on its socket.
-daemon_answers() {
-    local dir=$1
-    [ -S "$dir/unix.socket" ] && timeout 10 env INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" \
-        incus query /1.0 >/dev/null 2>&1
+# Probes the daemon of DIR: prints "up" (it answers GET /1.0), "busy" (a process
+# listens on its socket but does not answer within 5 s) or "down" (nothing listens).
+daemon_state() {
+    local dir=$1 status=0
+    if [ ! -S "$dir/unix.socket" ]; then
+        echo down
+        return 0
+    fi
+    curl -sf -o /dev/null --unix-socket "$dir/unix.socket" --max-time 5 http://incus/1.0 || status=$?
+    case "$status" in
+        0) echo up ;;
+        7) echo down ;;
+        *) echo busy ;;
+    esac
 }
+
+daemon_answers() { [ "$(daemon_state "$1")" = up ]; }
 
 daemon_pid() {
     timeout 10 env INCUS_DIR="$1" INCUS_SOCKET="$1/unix.socket" incus query /1.0 2>/dev/null |
@@ -245,8 +258,17 @@ ensure_subids() {
 
 # Starts the daemon of DIR when it does not answer, and waits until it is ready.
 ensure_daemon() {
-    local dir=$1 log=$2
-    daemon_answers "$dir" && return 0
+    local dir=$1 log=$2 state
+    state="$(daemon_state "$dir")"
+    [ "$state" = up ] && return 0
+    if [ "$state" = busy ]; then
+        # Never a second daemon on one dir: wait for the one that is there.
+        step "wait for incusd ($dir)" "the daemon listens but does not answer: read its log" "$log"
+        say "incusd for $dir listens but does not answer yet: waiting up to 5 minutes"
+        incus_at "$dir" admin waitready --timeout 300 >/dev/null 2>&1 ||
+            die "incusd for $dir did not answer within 5 minutes"
+        return 0
+    fi
     if [ "$dir" = "$MAIN_DIR" ] && has_systemd_unit incus.service; then
         step "start incusd ($dir)" "see \`journalctl -u incus\` and \`systemctl status incus\`"
         say "starting incus.service"
@@ -294,8 +316,9 @@ build_hash() {
 }
 
 busybox_hash() {
-    local inputs
-    mapfile -t inputs < <(bash "$BUSYBOX_BUILDER/build.sh" --inputs)
+    local list inputs
+    list="$(bash "$BUSYBOX_BUILDER/build.sh" --inputs)"
+    mapfile -t inputs <<<"$list"
     build_hash "$BUSYBOX_BUILDER" "$(uname -m)" "$(sha256sum "${inputs[@]}")"
 }
 
@@ -532,20 +555,21 @@ ensure_cluster() {
 
 # Deletes test instances older than MINUTES on the daemon of DIR (all when MINUTES=0).
 delete_test_instances() {
-    local dir=$1 minutes=$2 now project name
+    local dir=$1 minutes=$2 now instances project name
     now="$(date +%s)"
     step "delete leftover test instances ($dir)" "delete them by hand: \`INCUS_DIR=$dir incus delete --force NAME\`"
+    instances="$(incus_at "$dir" query "/1.0/instances?recursion=1&all-projects=true")"
+    instances="$(jq -r --arg prefix "$TEST_PREFIX" --argjson now "$now" --argjson minutes "$minutes" '
+        .[] | select(.name | startswith($prefix))
+            | select($minutes == 0
+                or ($now - (.created_at | sub("\\.[0-9]+"; "") | sub("(Z|[+-]00:00)$"; "Z") | fromdateiso8601)) > $minutes * 60)
+            | "\(.project) \(.name)"' <<<"$instances")"
     while read -r project name; do
         [ -n "$name" ] || continue
         say "deleting leftover test instance $name (project $project) on $dir"
         incus_at "$dir" delete --force --project "$project" "$name" >/dev/null 2>&1 ||
             say "could not delete $name on $dir (gone already?)"
-    done < <(incus_at "$dir" query "/1.0/instances?recursion=1&all-projects=true" |
-        jq -r --arg prefix "$TEST_PREFIX" --argjson now "$now" --argjson minutes "$minutes" '
-            .[] | select(.name | startswith($prefix))
-                | select($minutes == 0
-                    or ($now - (.created_at | sub("\\.[0-9]+"; "") | sub("(Z|[+-]00:00)$"; "Z") | fromdateiso8601)) > $minutes * 60)
-                | "\(.project) \(.name)"')
+    done <<<"$instances"
 }
 
 # --- 8. the env file ------------------------------------------------------------------
@@ -595,6 +619,8 @@ cmd_up() {
         esac
         shift
     done
+    [[ "$STALE_MINUTES" =~ ^[0-9]+$ ]] ||
+        { say "CUL8ER_ENV_STALE_MINUTES must be a whole number of minutes, not '$STALE_MINUTES'"; exit 2; }
     lock
     mkdir -p "$LOG_DIR"
 
