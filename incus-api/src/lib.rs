@@ -20,6 +20,8 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod files;
+#[cfg(test)]
+mod fixture_tests;
 pub mod images;
 pub mod instances;
 pub mod network_acls;
