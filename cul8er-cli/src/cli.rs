@@ -32,6 +32,144 @@ pub(crate) enum Command {
     Validate(ValidateArgs),
     /// Rewrite a topology file in canonical form, keeping comments.
     Fmt(FmtArgs),
+    /// Show what apply would change: create, update, replace, delete, and drift.
+    Plan(PlanArgs),
+    /// Make Incus hold what the topology asks (or exactly what a saved plan says).
+    Apply(ApplyArgs),
+    /// Show what runs, instance by instance, and what a plan would change.
+    Status(TopologyArgs),
+    /// Delete everything the topology has in Incus (volumes only with --volumes).
+    Destroy(DestroyArgs),
+    /// List the deployments found on the topology's hosts (or the local Incus).
+    List(ListArgs),
+    /// Bring an existing instance under management as a replica of RESOURCE.
+    Import(ImportArgs),
+    /// Inspect or break the lease that keeps two applies apart.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+/// Where the topology and its state are.
+#[derive(Debug, Args)]
+pub(crate) struct TopologyArgs {
+    /// The topology file.
+    #[arg(default_value = "cul8er.kdl")]
+    pub(crate) file: PathBuf,
+
+    /// The topology of the file, when it holds several.
+    #[arg(long, short = 't')]
+    pub(crate) topology: Option<String>,
+
+    /// The state directory (default: .cul8er beside the topology file).
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+}
+
+/// `cul8er plan`.
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub(crate) topology: TopologyArgs,
+
+    /// Save the plan to FILE for `cul8er apply FILE`.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub(crate) detailed_exitcode: bool,
+
+    /// Plan the destruction of the topology instead.
+    #[arg(long)]
+    pub(crate) destroy: bool,
+}
+
+/// `cul8er apply`.
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// A topology file, or a plan saved by `cul8er plan --out`.
+    #[arg(default_value = "cul8er.kdl")]
+    pub(crate) file: PathBuf,
+
+    /// The topology of the file, when it holds several.
+    #[arg(long, short = 't')]
+    pub(crate) topology: Option<String>,
+
+    /// The state directory (default: .cul8er beside the topology file).
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+
+    /// Steps run at once at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) parallelism: u16,
+
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+}
+
+/// `cul8er destroy`.
+#[derive(Debug, Args)]
+pub(crate) struct DestroyArgs {
+    #[command(flatten)]
+    pub(crate) topology: TopologyArgs,
+
+    /// Delete the topology's volumes too (their data is lost).
+    #[arg(long)]
+    pub(crate) volumes: bool,
+
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+
+    /// Steps run at once at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) parallelism: u16,
+}
+
+/// `cul8er list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// A topology file whose hosts are searched; without it, the local Incus.
+    pub(crate) file: Option<PathBuf>,
+}
+
+/// `cul8er import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The resource the instance becomes a replica of.
+    pub(crate) resource: String,
+
+    /// The existing instance.
+    pub(crate) instance: String,
+
+    /// The topology file.
+    #[arg(long, short = 'f', default_value = "cul8er.kdl")]
+    pub(crate) file: PathBuf,
+
+    /// The topology of the file, when it holds several.
+    #[arg(long, short = 't')]
+    pub(crate) topology: Option<String>,
+}
+
+/// `cul8er lock ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LockCommand {
+    /// Show who holds the lease.
+    Status(TopologyArgs),
+    /// Remove the lease, whoever holds it.
+    Release(LockReleaseArgs),
+}
+
+/// `cul8er lock release`.
+#[derive(Debug, Args)]
+pub(crate) struct LockReleaseArgs {
+    #[command(flatten)]
+    pub(crate) topology: TopologyArgs,
+
+    /// Required: releasing someone else's lease lets two applies run at once.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 /// `cul8er validate`.

@@ -21,8 +21,9 @@ pub(crate) enum Outcome {
     Unexpected(anyhow::Error),
     /// Ctrl-C. Not produced by `validate` and `fmt`, which finish at once; kept so
     /// long-running commands map to 130.
-    #[allow(dead_code)]
     Interrupted,
+    /// A command-specific code, e.g. 2 from `plan --detailed-exitcode` with changes.
+    Code(u8),
 }
 
 impl Outcome {
@@ -40,6 +41,7 @@ impl Outcome {
                 ExitCode::from(2)
             }
             Self::Interrupted => ExitCode::from(130),
+            Self::Code(code) => ExitCode::from(code),
         }
     }
 }

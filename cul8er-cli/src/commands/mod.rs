@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns an [`Outcome`].
 
+mod deploy;
 mod fmt;
 mod validate;
 
@@ -12,6 +13,13 @@ pub(crate) fn run(command: Command, settings: &Settings) -> Outcome {
     match command {
         Command::Validate(args) => validate::run(&args, settings),
         Command::Fmt(args) => fmt::run(&args, settings),
+        Command::Plan(args) => deploy::plan(&args, settings),
+        Command::Apply(args) => deploy::apply(&args, settings),
+        Command::Status(args) => deploy::status(&args, settings),
+        Command::Destroy(args) => deploy::destroy(&args, settings),
+        Command::List(args) => deploy::list(&args, settings),
+        Command::Import(args) => deploy::import(&args, settings),
+        Command::Lock(command) => deploy::lock(&command, settings),
     }
 }
 
