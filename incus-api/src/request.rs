@@ -1,6 +1,6 @@
 //! Requests as values, built apart from any I/O.
 //!
-//! An [`ApiRequest`] is a method, a path, a query and a body. The [`crate::Client`]
+//! An `ApiRequest` is a method, a path, a query and a body. The [`crate::Client`]
 //! adds its project and target scope and sends it; tests can inspect a request
 //! without a server.
 

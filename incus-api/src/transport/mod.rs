@@ -1,7 +1,7 @@
 //! The two transports to `incusd` behind one connector: the local unix socket and
 //! HTTPS with a pinned server certificate.
 //!
-//! The same [`Connector`] serves plain requests (through hyper-util's pooled client)
+//! The same connector serves plain requests (through hyper-util's pooled client)
 //! and websockets (events, streaming exec), so TLS and pinning apply to both. Connecting
 //! has a timeout; requests themselves do not, because some legitimately take long (an
 //! operation `/wait`, an image upload): callers put deadlines on waits instead.
