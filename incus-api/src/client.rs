@@ -492,6 +492,23 @@ impl Client {
         }
     }
 
+    /// `GET` any API path (with its query, e.g. `/1.0/instances?recursion=1`) and
+    /// return the metadata as JSON: the escape hatch for endpoints without a typed
+    /// handle, like `incus query`.
+    ///
+    /// # Errors
+    /// On any API or transport failure, or a query that is not URL-encoded.
+    pub async fn get_value(&self, path_and_query: &str) -> Result<serde_json::Value> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| Error::invalid("query", format!("{query:?} is not URL-encoded ({e})")))?;
+        let mut req = ApiRequest::get(path);
+        req.query = pairs;
+        Ok(self.call_sync(req).await?.0)
+    }
+
     // ---- typed handles ----
 
     /// The server itself (`/1.0`).
