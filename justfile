@@ -40,8 +40,13 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup bench-proxy bench-topology
+bench: setup bench-proxy bench-topology bench-incus-api
     @echo "no benchmarks yet"
+
+# GET /1.0 and instance-list latency, and launching/deleting 20 containers: incus-api vs
+# incus query, curl, a kept-alive Python client, incus-benchmark and an incus launch loop.
+bench-incus-api:
+    cargo bench -p incus-api --bench incus_api
 
 # Requests/s, p50/p99 and memory per 1,000 idle connections: cul8er-proxy, nginx, HAProxy.
 bench-proxy:
