@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod connect;
 mod deployment;
 pub mod desired;
 pub mod execute;
@@ -56,6 +57,7 @@ pub mod lock;
 pub mod observe;
 pub mod plan;
 pub mod release;
+pub mod remote;
 pub mod state;
 pub mod topology;
 
