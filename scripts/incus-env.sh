@@ -446,23 +446,40 @@ cluster_ready() {
     [ "$(printf '%s\n' "$members" | sort | tr '\n' ' ')" = "member2,Online member3,Online " ]
 }
 
+# The pid of the incusd serving DIR: asked from the daemon, else found among the incusd
+# processes by the INCUS_DIR they were started with (a daemon that hangs).
+member_daemon_pid() {
+    local dir=$1 pid
+    pid="$(daemon_pid "$dir" || true)"
+    if [ -z "$pid" ]; then
+        for pid in $(pgrep -x incusd || true); do
+            if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "INCUS_DIR=$dir"; then
+                echo "$pid"
+                return 0
+            fi
+        done
+        return 0
+    fi
+    echo "$pid"
+}
+
 stop_member() {
     local member=$1 dir=${MEMBER_DIR[$1]} pid
     [ -d "$dir" ] || return 0
+    pid="$(member_daemon_pid "$dir")"
     if daemon_answers "$dir"; then
-        pid="$(daemon_pid "$dir")"
         # Stops its instances first, so no container outlives the daemon.
         timeout 60 env INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" \
             incus admin shutdown --timeout 30 >/dev/null 2>&1 || true
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            local _
-            for _ in $(seq 1 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.2
-            done
-            if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-        fi
+    fi
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        local _
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     fi
     # The daemon mounts tmpfs under its dir; unmount before removing it.
     local mnt
