@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PassiveConfig;
 use crate::health::{CheckOutcome, HealthStatus, HealthTracker, PassiveEjector};
 use crate::metrics::BackendMetrics;
+use crate::upstream::IdleList;
 
 #[derive(Debug)]
 struct Health {
@@ -40,6 +41,8 @@ pub(crate) struct Backend {
     idle: Notify,
     /// Wakes whoever waits for health changes (`Proxy::until_checked`).
     pub(crate) health_changed: Arc<Notify>,
+    /// Idle HTTP/1.1 connections, one list per worker thread.
+    pub(crate) pools: Box<[IdleList]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +56,7 @@ impl Backend {
         address: SocketAddr,
         passive: PassiveConfig,
         health_changed: Arc<Notify>,
+        workers: usize,
     ) -> Self {
         let authority = address
             .to_string()
@@ -75,6 +79,7 @@ impl Backend {
             removed: AtomicBool::new(false),
             idle: Notify::new(),
             health_changed,
+            pools: (0..workers.max(1)).map(|_| IdleList::default()).collect(),
         }
     }
 

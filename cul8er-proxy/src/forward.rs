@@ -19,11 +19,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::backend::ActiveGuard;
+use crate::backend::{ActiveGuard, Backend};
 use crate::config::UpstreamProtocol;
 use crate::io::{Activity, InFlight};
-use crate::runtime::{ServiceRuntime, Shared};
+use crate::runtime::{ServiceRuntime, Shared, UpstreamBody};
 use crate::server::Tunnel;
+use crate::upstream;
+use crate::workers::worker_index;
+use hyper::client::conn::http1::SendRequest;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,8 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct RequestContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listener: Arc<str>,
-    pub(crate) client: IpAddr,
-    pub(crate) tls: bool,
+    pub(crate) forwarding: Forwarding,
     pub(crate) tunnels: mpsc::UnboundedSender<Tunnel>,
     pub(crate) activity: Arc<Activity>,
 }
@@ -48,8 +50,56 @@ pub(crate) enum ProxyBody {
 pub(crate) struct Tracked {
     body: Incoming,
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Whether the body was read to its end.
+    finished: bool,
+    /// The pooled HTTP/1.1 connection it came on, returned once the body is read.
+    connection: Option<SendRequest<UpstreamBody>>,
     active: ActiveGuard,
     _in_flight: InFlight,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // hyper stops polling a body that reports its end, so the end is checked
+        // here too.
+        if let Some(connection) = self.connection.take()
+            && (self.finished || self.body.is_end_stream())
+        {
+            let backend = self.active.backend();
+            backend.pools[worker_index() % backend.pools.len()].checkin(connection);
+        }
+    }
+}
+
+/// Sends one request to one backend: HTTP/1.1 through the worker's pool, HTTP/2
+/// through the multiplexing client. The error says whether it was a connect failure.
+async fn exchange(
+    service: &ServiceRuntime,
+    backend: &Backend,
+    request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), (bool, String)> {
+    match service.config.protocol {
+        UpstreamProtocol::Http1 => {
+            let idle = &backend.pools[worker_index() % backend.pools.len()];
+            let timeouts = &service.config.timeouts;
+            upstream::send(
+                idle,
+                backend.address,
+                timeouts.connect,
+                timeouts.idle,
+                request,
+            )
+            .await
+            .map(|(response, connection)| (response, Some(connection)))
+            .map_err(|error| (error.is_connect(), crate::admin::error_chain(&error)))
+        }
+        UpstreamProtocol::Http2 => service
+            .client()
+            .request(request)
+            .await
+            .map(|response| (response, None))
+            .map_err(|error| (error.is_connect(), crate::admin::error_chain(&error))),
+    }
 }
 
 impl Body for ProxyBody {
@@ -68,6 +118,10 @@ impl Body for ProxyBody {
                     return Poll::Ready(Some(Err(DRAIN_CUT.into())));
                 }
                 match Pin::new(&mut tracked.body).poll_frame(cx) {
+                    Poll::Ready(None) => {
+                        tracked.finished = true;
+                        Poll::Ready(None)
+                    }
                     Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
                     Poll::Pending => {
                         // Only a waiting body needs waking when its backend is cut.
@@ -181,7 +235,7 @@ async fn forward(
     {
         headers.insert(header::HOST, value);
     }
-    add_forwarding(&mut headers, context.client, context.tls, &host);
+    add_forwarding(&mut headers, &context.forwarding, &host);
 
     let retryable = !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
     let attempts = if retryable {
@@ -202,21 +256,25 @@ async fn forward(
             break;
         };
         let backend = service.backends[index].clone();
-        let mut uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.authority.clone());
-        if let Some(pq) = &path_and_query {
-            uri = uri.path_and_query(pq.clone());
-        } else {
-            uri = uri.path_and_query("/");
-        }
+        // HTTP/1.1 is written in origin form; the HTTP/2 client needs the authority.
+        let mut uri = match service.config.protocol {
+            UpstreamProtocol::Http1 => Uri::builder(),
+            UpstreamProtocol::Http2 => Uri::builder()
+                .scheme("http")
+                .authority(backend.authority.clone()),
+        };
+        uri = match &path_and_query {
+            Some(pq) => uri.path_and_query(pq.clone()),
+            None => uri.path_and_query("/"),
+        };
         let Ok(uri) = uri.build() else {
             return local(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: unusable request target".into(),
             );
         };
-        let last = attempt + 1 == attempts;
+        // The headers are copied only while another attempt could follow.
+        let last = attempt + 1 == attempts || tried.len() + 1 >= service.backends.len();
         // A retryable request has no body, so every attempt can send an empty one.
         let upstream_body = if retryable {
             Either::Right(Empty::new())
@@ -236,12 +294,18 @@ async fn forward(
             headers.clone()
         };
 
+        if !outbound.headers().contains_key(header::HOST)
+            && let Ok(value) = HeaderValue::from_str(backend.authority.as_str())
+        {
+            outbound.headers_mut().insert(header::HOST, value);
+        }
+
         let guard = ActiveGuard::new(backend.clone());
         let started = Instant::now();
         let sent = tokio::select! {
             sent = tokio::time::timeout(
                 service.config.timeouts.response_headers,
-                service.client.request(outbound),
+                exchange(service, &backend, outbound),
             ) => sent,
             () = backend.cut.cancelled() => {
                 backend.metrics.record_error(started.elapsed());
@@ -250,7 +314,7 @@ async fn forward(
         };
         let elapsed = started.elapsed();
         match sent {
-            Ok(Ok(mut response)) => {
+            Ok(Ok((mut response, connection))) => {
                 let status = response.status();
                 backend.metrics.record_response(status.as_u16(), elapsed);
                 backend.record_outcome(!status.is_server_error());
@@ -279,15 +343,16 @@ async fn forward(
                 let tracked = Tracked {
                     body,
                     cut: None,
+                    finished: false,
+                    connection,
                     active: guard,
                     _in_flight: in_flight,
                 };
                 return Response::from_parts(parts, ProxyBody::Upstream(Box::new(tracked)));
             }
-            Ok(Err(error)) => {
+            Ok(Err((connect, error))) => {
                 backend.metrics.record_error(elapsed);
                 backend.record_outcome(false);
-                let connect = error.is_connect();
                 tracing::debug!(
                     service = %service.config.name, backend = %backend.name, %error,
                     connect, "backend request failed"
@@ -302,7 +367,7 @@ async fn forward(
                         "failed the exchange"
                     }
                 ));
-                if !connect {
+                if !connect || last {
                     break;
                 }
                 tried.push(index);
@@ -394,41 +459,70 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The forwarding header values of one client connection, computed once.
+pub(crate) struct Forwarding {
+    tls: bool,
+    /// The client address as `X-Forwarded-For` has it.
+    client: HeaderValue,
+    /// `for=…;proto=…`, the start of this hop's `Forwarded` element.
+    forwarded_for: String,
+}
+
+impl Forwarding {
+    pub(crate) fn new(client: IpAddr, tls: bool) -> Self {
+        let text = client.to_string();
+        let node = match client {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        let proto = if tls { "https" } else { "http" };
+        Self {
+            tls,
+            client: HeaderValue::from_str(&text).expect("an IP address is a header value"),
+            forwarded_for: format!("for={node};proto={proto}"),
+        }
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto`
 /// and, when absent, `X-Forwarded-Host`.
-fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: &str) {
-    let proto = if tls { "https" } else { "http" };
-    let client_text = client.to_string();
+fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {client_text}"),
-        None => client_text.clone(),
+        Some(existing) => {
+            let joined = format!(
+                "{existing}, {}",
+                forwarding.client.to_str().unwrap_or_default()
+            );
+            HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+        }
+        None => Some(forwarding.client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if !headers.contains_key(X_FORWARDED_HOST)
-        && !host.is_empty()
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        headers.insert(X_FORWARDED_HOST, value);
+    let proto = if forwarding.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if !host.is_empty() && !headers.contains_key(X_FORWARDED_HOST) {
+        let value = match headers.get(header::HOST) {
+            Some(value) => Some(value.clone()),
+            None => HeaderValue::from_str(host).ok(),
+        };
+        if let Some(value) = value {
+            headers.insert(X_FORWARDED_HOST, value);
+        }
     }
-    let node = match client {
-        IpAddr::V4(_) => client_text,
-        IpAddr::V6(_) => format!("\"[{client_text}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
+    let mut element = String::with_capacity(forwarding.forwarded_for.len() + host.len() + 9);
+    if let Some(existing) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        element.push_str(existing);
+        element.push_str(", ");
+    }
+    element.push_str(&forwarding.forwarded_for);
     if !host.is_empty() {
-        element.push_str(&format!(";host=\"{host}\""));
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {element}"),
-        None => element,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(element)) {
         headers.insert(header::FORWARDED, value);
     }
 }
@@ -468,7 +562,11 @@ mod tests {
     fn forwarding_headers_append_to_earlier_proxies() {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        add_forwarding(&mut headers, "::1".parse().unwrap(), true, "app.example");
+        add_forwarding(
+            &mut headers,
+            &Forwarding::new("::1".parse().unwrap(), true),
+            "app.example",
+        );
         assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, ::1");
         assert_eq!(headers[X_FORWARDED_PROTO], "https");
         assert_eq!(headers[X_FORWARDED_HOST], "app.example");

@@ -29,6 +29,8 @@ pub mod metrics;
 mod runtime;
 mod server;
 mod tls;
+mod upstream;
+mod workers;
 
 pub use admin::{
     AdminClient, AdminError, AdminErrorBody, WeightChange, bind_admin, error_chain, serve_admin,

@@ -33,7 +33,7 @@ enum Command {
         /// The admin socket to create.
         #[arg(long, env = "CUL8ER_PROXY_ADMIN", default_value = DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
-        /// Worker threads (default: one per CPU).
+        /// Threads serving connections (default: one per CPU).
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -107,18 +107,12 @@ enum Probe {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = match &cli.command {
-        Command::Run { threads, .. } => *threads,
-        _ => Some(1),
-    };
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(n) = threads.filter(|&n| n > 1) {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    // This thread accepts, checks health and answers the admin socket; `run` serves
+    // connections on its own worker threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(3, &format!("cannot start the runtime: {error}")),
     };
@@ -127,8 +121,13 @@ fn main() -> ExitCode {
             Command::Run {
                 config,
                 admin_socket,
-                ..
-            } => run(config, admin_socket).await,
+                threads,
+            } => {
+                let threads = threads
+                    .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+                    .unwrap_or(1);
+                run(config, admin_socket, threads).await
+            }
             Command::Ctl {
                 admin_socket,
                 action,
@@ -149,7 +148,7 @@ fn print(text: &str) {
     println!("{text}");
 }
 
-async fn run(config_path: PathBuf, admin_socket: PathBuf) -> ExitCode {
+async fn run(config_path: PathBuf, admin_socket: PathBuf, threads: usize) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -158,7 +157,7 @@ async fn run(config_path: PathBuf, admin_socket: PathBuf) -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(2, &error_chain(&error)),
     };
-    let proxy = match Proxy::start(config).await {
+    let proxy = match Proxy::start_with_workers(config, threads).await {
         Ok(proxy) => proxy,
         Err(error) => return fail(2, &error_chain(&error)),
     };

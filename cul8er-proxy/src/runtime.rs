@@ -35,6 +35,7 @@ use crate::config::{
 use crate::health::{self, HealthStatus, HttpCheck};
 use crate::metrics::{BackendStats, ServiceStats, Stats};
 use crate::tls::{self, SniResolver, TlsError};
+use crate::workers::WorkerPool;
 
 /// What the proxy sends to backends as a request body.
 pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -69,6 +70,9 @@ pub enum ProxyError {
     /// No such service or backend.
     #[error("{0}")]
     NotFound(String),
+    /// A worker thread could not be started.
+    #[error("cannot start the worker threads")]
+    Workers(#[source] std::io::Error),
 }
 
 impl ProxyError {
@@ -134,10 +138,17 @@ pub(crate) struct ServiceRuntime {
     pub(crate) backends: Vec<Arc<Backend>>,
     pub(crate) weights: Vec<u32>,
     balancer: SmoothWeightedRoundRobin,
-    pub(crate) client: UpstreamClient,
+    /// One client (and so one connection pool) per worker thread.
+    clients: Arc<[UpstreamClient]>,
 }
 
 impl ServiceRuntime {
+    /// The calling worker's client, so a request and its backend connection share a
+    /// thread.
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::workers::worker_index() % self.clients.len()]
+    }
+
     /// The next backend for a new request, skipping `tried`.
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
         self.balancer.pick(&self.weights, |i| {
@@ -241,7 +252,7 @@ struct Control {
     backends: HashMap<(String, String), Arc<Backend>>,
     listeners: HashMap<String, RunningListener>,
     checkers: HashMap<(String, String), Checker>,
-    clients: HashMap<(UpstreamProtocol, TimeoutConfig), UpstreamClient>,
+    clients: HashMap<(UpstreamProtocol, TimeoutConfig), Arc<[UpstreamClient]>>,
 }
 
 struct Tasks {
@@ -262,6 +273,7 @@ pub struct Proxy {
     bound: Arc<Mutex<HashMap<String, SocketAddr>>>,
     health_changed: Arc<Notify>,
     shutdown: CancellationToken,
+    workers: Option<Arc<WorkerPool>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -281,6 +293,27 @@ impl Proxy {
     /// A [`ProxyError`] when the configuration is invalid, a certificate does not load,
     /// or a listener cannot bind.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Like [`Proxy::start`], but connections are served by `threads` worker threads,
+    /// each with its own single-threaded runtime and backend connection pools; the
+    /// calling runtime keeps accepting, health checks and administration.
+    ///
+    /// # Errors
+    /// As [`Proxy::start`], and [`ProxyError::Workers`] when a thread cannot start.
+    pub async fn start_with_workers(
+        config: ProxyConfig,
+        threads: usize,
+    ) -> Result<Self, ProxyError> {
+        let pool = WorkerPool::start(threads.max(1)).map_err(ProxyError::Workers)?;
+        Self::start_inner(config, Some(Arc::new(pool))).await
+    }
+
+    async fn start_inner(
+        config: ProxyConfig,
+        workers: Option<Arc<WorkerPool>>,
+    ) -> Result<Self, ProxyError> {
         let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         server
             .http1()
@@ -306,6 +339,7 @@ impl Proxy {
             bound: Arc::default(),
             health_changed: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
+            workers,
         };
         proxy.apply(config).await?;
         Ok(proxy)
@@ -557,7 +591,12 @@ impl Proxy {
             let client = control
                 .clients
                 .entry((sc.protocol, sc.timeouts.clone()))
-                .or_insert_with(|| upstream_client(sc.protocol, &sc.timeouts))
+                .or_insert_with(|| {
+                    let count = self.workers.as_ref().map_or(1, |w| w.len());
+                    (0..count)
+                        .map(|_| upstream_client(sc.protocol, &sc.timeouts))
+                        .collect()
+                })
                 .clone();
             let old = current.config.service(&sc.name);
             let mut backends = Vec::with_capacity(sc.backends.len());
@@ -577,6 +616,7 @@ impl Proxy {
                             bc.address,
                             sc.passive.clone(),
                             self.health_changed.clone(),
+                            self.workers.as_ref().map_or(1, |w| w.len()),
                         ));
                         if let Some(old) = control.backends.insert(key.clone(), b.clone()) {
                             retire(
@@ -599,7 +639,7 @@ impl Proxy {
                     weights: sc.backends.iter().map(|b| b.weight).collect(),
                     balancer: SmoothWeightedRoundRobin::new(backends.len()),
                     backends,
-                    client,
+                    clients: client,
                 }),
             );
         }
@@ -662,6 +702,7 @@ impl Proxy {
                 socket,
                 stop.clone(),
                 config.settings.shutdown_timeout,
+                self.workers.clone(),
             ));
             bound_addrs.insert(name.clone(), local);
             control.listeners.insert(

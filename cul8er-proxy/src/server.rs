@@ -18,12 +18,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend::ActiveGuard;
 use crate::config::ListenerMode;
 use crate::forward::{self, RequestContext};
 use crate::io::{Activity, IdleIo, PrefixedIo, read_proxy_header};
 use crate::runtime::{ListenerRuntime, Shared};
+use crate::workers::WorkerPool;
 
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,20 +39,45 @@ pub(crate) async fn run_listener(
     socket: TcpListener,
     stop: CancellationToken,
     grace: Duration,
+    workers: Option<Arc<WorkerPool>>,
 ) {
-    let mut connections = JoinSet::new();
+    // Connections run here or on the workers; the tracker counts them either way, and
+    // `kill` ends those still open when the grace period is over.
+    let tracker = TaskTracker::new();
+    let kill = CancellationToken::new();
+    let mut inline = JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
-                        shared.clone(),
-                        name.clone(),
-                        stream,
-                        peer,
-                        stop.clone(),
-                    ));
+                    let token = tracker.token();
+                    let (shared, name, stop, kill) =
+                        (shared.clone(), name.clone(), stop.clone(), kill.clone());
+                    match &workers {
+                        None => {
+                            inline.spawn(async move {
+                                let _token = token;
+                                tokio::select! {
+                                    () = serve_connection(shared, name, stream, peer, stop) => {}
+                                    () = kill.cancelled() => {}
+                                }
+                            });
+                        }
+                        Some(pool) => {
+                            let Ok(stream) = stream.into_std() else { continue };
+                            pool.dispatch(Box::new(move || {
+                                Box::pin(async move {
+                                    let _token = token;
+                                    let Ok(stream) = TcpStream::from_std(stream) else { return };
+                                    tokio::select! {
+                                        () = serve_connection(shared, name, stream, peer, stop) => {}
+                                        () = kill.cancelled() => {}
+                                    }
+                                })
+                            }));
+                        }
+                    }
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -58,18 +85,16 @@ pub(crate) async fn run_listener(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = inline.join_next(), if !inline.is_empty() => {}
         }
     }
     drop(socket);
-    tracing::info!(listener = %name, open = connections.len(), "listener stopped; draining");
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(listener = %name, open = connections.len(), "grace period over; closing");
+    tracker.close();
+    tracing::info!(listener = %name, open = tracker.len(), "listener stopped; draining");
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(listener = %name, open = tracker.len(), "grace period over; closing");
     }
+    kill.cancel();
 }
 
 async fn serve_connection(
@@ -131,8 +156,7 @@ async fn serve_http<I>(
     let context = Arc::new(RequestContext {
         shared: shared.clone(),
         listener: name,
-        client: client.ip(),
-        tls,
+        forwarding: crate::forward::Forwarding::new(client.ip(), tls),
         tunnels: tunnel_tx,
         activity: activity.clone(),
     });

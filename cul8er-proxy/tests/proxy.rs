@@ -892,3 +892,62 @@ async fn admin_socket_round_trips() {
     assert_eq!(body.problems[0].at, "services[app].backends[a].name");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_removed_backend_is_cut_when_its_drain_timeout_runs_out() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let config = |set: &[(&str, &TestBackend, u32)]| {
+        let mut c = http_config(&format!(
+            "[[services]]\nname = \"app\"\nbackends = [{}]\n",
+            backends_toml(set)
+        ));
+        c.settings.drain_timeout = std::time::Duration::from_millis(100);
+        c
+    };
+    let (proxy, url) = start(config(&[("a", &a, 1)])).await;
+    let held = {
+        let url = format!("{url}/hold");
+        tokio::spawn(async move { get(&client(), &url).await })
+    };
+    eventually("the request reached a", || a.state.held.load(SeqCst) == 1).await;
+    proxy.apply(config(&[("b", &b, 1)])).await.unwrap();
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("drain timeout ran out"), "{body}");
+    assert_eq!(get(&client(), &format!("{url}/")).await.1, "b");
+}
+
+#[tokio::test]
+async fn weight_zero_backends_are_health_checked_before_they_get_traffic() {
+    use cul8er_proxy::health::HealthStatus::{Healthy, Unhealthy};
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    green.state.healthy.store(false, SeqCst);
+    let services = format!(
+        "[[services]]\nname = \"app\"\nbackends = [{}]\nhealth_check = {{ path = \"/health\", interval = \"20ms\", rise = 1 }}\n",
+        backends_toml(&[("blue", &blue, 1), ("green", &green, 0)])
+    );
+    let (proxy, url) = start(http_config(&services)).await;
+    assert!(
+        proxy
+            .until_checked(std::time::Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(health_of(&proxy.health(), "green"), Unhealthy);
+    green.state.healthy.store(true, SeqCst);
+    eventually("green known healthy", || {
+        health_of(&proxy.health(), "green") == Healthy
+    })
+    .await;
+    assert_eq!(proxy.stats().backend("app", "green").unwrap().requests, 0);
+    // The switch: all traffic to green in one change.
+    let mut switched = proxy.config();
+    switched.services[0].backends[0].weight = 0;
+    switched.services[0].backends[1].weight = 1;
+    proxy.apply(switched).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(get(&client(), &format!("{url}/")).await.1, "green");
+    }
+}
