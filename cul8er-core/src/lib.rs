@@ -52,6 +52,7 @@
 pub mod connect;
 mod deployment;
 pub mod desired;
+pub mod edge;
 pub mod execute;
 pub mod lock;
 pub mod observe;
