@@ -33,6 +33,9 @@ pub(crate) struct Backend {
     health: Mutex<Health>,
     /// Set while passive ejection may have it out; cleared lazily once the time passed.
     ejected: AtomicBool,
+    /// Set while the ejector has seen a failure not yet reset by a success, so the
+    /// common case (success after success) takes no lock.
+    failing: AtomicBool,
     ejector: Mutex<PassiveEjector>,
     pub(crate) metrics: BackendMetrics,
     /// Cancelled when a removed backend's drain timeout runs out: cuts what is in flight.
@@ -73,8 +76,9 @@ impl Backend {
                 last_check: None,
             }),
             ejected: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             ejector: Mutex::new(PassiveEjector::new(passive)),
-            metrics: BackendMetrics::default(),
+            metrics: BackendMetrics::new(workers),
             cut: CancellationToken::new(),
             removed: AtomicBool::new(false),
             idle: Notify::new(),
@@ -160,11 +164,18 @@ impl Backend {
 
     /// Feeds passive ejection: `ok` is false for connect errors and 5xx answers.
     pub(crate) fn record_outcome(&self, ok: bool) {
+        if ok && !self.failing.load(Relaxed) {
+            return;
+        }
         let now = Instant::now();
         let mut ejector = lock(&self.ejector);
         if ok {
             ejector.record_success(now);
-        } else if let Some(length) = ejector.record_failure(now) {
+            self.failing.store(ejector.is_ejected(now), Relaxed);
+            return;
+        }
+        self.failing.store(true, Relaxed);
+        if let Some(length) = ejector.record_failure(now) {
             self.ejected.store(true, Relaxed);
             self.metrics.ejections.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -185,7 +196,7 @@ impl Backend {
     }
 
     pub(crate) fn active(&self) -> u64 {
-        self.metrics.active.load(Relaxed)
+        self.metrics.active()
     }
 
     /// Waits until nothing is in flight here.
@@ -204,24 +215,27 @@ impl Backend {
 
 /// Counts one request or tunnel in flight on a backend for as long as it lives.
 #[derive(Debug)]
-pub(crate) struct ActiveGuard(Arc<Backend>);
+pub(crate) struct ActiveGuard {
+    backend: Arc<Backend>,
+    shard: usize,
+}
 
 impl ActiveGuard {
     pub(crate) fn new(backend: Arc<Backend>) -> Self {
-        backend.metrics.active.fetch_add(1, Relaxed);
-        backend.metrics.requests.fetch_add(1, Relaxed);
-        Self(backend)
+        let shard = backend.metrics.start();
+        Self { backend, shard }
     }
 
     pub(crate) fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        &self.backend
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        if self.0.metrics.active.fetch_sub(1, Relaxed) == 1 {
-            self.0.idle.notify_waiters();
+        // A waiter re-checks the total; waking it when one shard empties is enough.
+        if self.backend.metrics.finish(self.shard) {
+            self.backend.idle.notify_waiters();
         }
     }
 }

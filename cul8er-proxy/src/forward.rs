@@ -436,6 +436,13 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): those named in `Connection` and the
 /// fixed list; `TE: trailers` is kept, as gRPC over HTTP/2 needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names beats nine lookups.
+    let present = headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || (name == header::TE));
+    if !present {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

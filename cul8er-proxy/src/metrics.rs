@@ -17,56 +17,110 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The live counters of one backend.
+/// One worker's counters, on cache lines of their own so that workers counting the
+/// same backend do not contend.
 #[derive(Debug, Default)]
-pub(crate) struct BackendMetrics {
-    pub(crate) requests: AtomicU64,
-    pub(crate) status: [AtomicU64; 5],
-    pub(crate) errors: AtomicU64,
-    pub(crate) active: AtomicU64,
-    pub(crate) health_transitions: AtomicU64,
-    pub(crate) ejections: AtomicU64,
+#[repr(align(128))]
+pub(crate) struct Shard {
+    requests: AtomicU64,
+    status: [AtomicU64; 5],
+    errors: AtomicU64,
+    active: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
 }
 
+/// The live counters of one backend: a shard per worker thread, summed when read.
+#[derive(Debug)]
+pub(crate) struct BackendMetrics {
+    shards: Box<[Shard]>,
+    pub(crate) health_transitions: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+}
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 impl BackendMetrics {
+    pub(crate) fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
+            health_transitions: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+        }
+    }
+
+    /// The calling worker's shard index.
+    pub(crate) fn shard_index(&self) -> usize {
+        crate::workers::worker_index() % self.shards.len()
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[self.shard_index()]
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| field(s).load(Relaxed)).sum()
+    }
+
+    /// Counts a request starting; returns the shard to hand to [`Self::finish`].
+    pub(crate) fn start(&self) -> usize {
+        let index = self.shard_index();
+        let shard = &self.shards[index];
+        shard.requests.fetch_add(1, Relaxed);
+        shard.active.fetch_add(1, Relaxed);
+        index
+    }
+
+    /// Counts a request ending; returns whether the shard has nothing in flight.
+    pub(crate) fn finish(&self, shard: usize) -> bool {
+        self.shards[shard].active.fetch_sub(1, Relaxed) == 1
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.sum(|s| &s.requests)
+    }
+
+    pub(crate) fn errors(&self) -> u64 {
+        self.sum(|s| &s.errors)
+    }
+
+    pub(crate) fn active(&self) -> u64 {
+        self.sum(|s| &s.active)
+    }
+
     /// Records a response's status class and its time to headers.
     pub(crate) fn record_response(&self, status: u16, latency: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.status[class].fetch_add(1, Relaxed);
-        self.record_latency(latency);
+        let shard = self.shard();
+        shard.status[class].fetch_add(1, Relaxed);
+        record_latency(shard, latency);
     }
 
     /// Records a request that got no response from the backend (connect error, timeout).
     pub(crate) fn record_error(&self, latency: Duration) {
-        self.errors.fetch_add(1, Relaxed);
-        self.record_latency(latency);
+        let shard = self.shard();
+        shard.errors.fetch_add(1, Relaxed);
+        record_latency(shard, latency);
     }
 
     /// Records a TCP connection's connect time.
     pub(crate) fn record_connected(&self, latency: Duration) {
-        self.record_latency(latency);
-    }
-
-    fn record_latency(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let index = LATENCY_BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[index].fetch_add(1, Relaxed);
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_us.fetch_add(micros, Relaxed);
+        record_latency(self.shard(), latency);
     }
 
     pub(crate) fn latency(&self) -> LatencySummary {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        LatencySummary::from_counts(&counts, self.latency_sum_us.load(Relaxed))
+        let counts: Vec<u64> = (0..=LATENCY_BUCKETS.len())
+            .map(|i| self.sum(|s| &s.buckets[i]))
+            .collect();
+        LatencySummary::from_counts(&counts, self.sum(|s| &s.latency_sum_us))
     }
 
     pub(crate) fn statuses(&self) -> StatusCounts {
-        let s = |i: usize| self.status[i].load(Relaxed);
+        let s = |i: usize| self.sum(|shard| &shard.status[i]);
         StatusCounts {
             informational: s(0),
             success: s(1),
@@ -75,6 +129,17 @@ impl BackendMetrics {
             server_error: s(4),
         }
     }
+}
+
+fn record_latency(shard: &Shard, latency: Duration) {
+    let secs = latency.as_secs_f64();
+    let index = LATENCY_BUCKETS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(LATENCY_BUCKETS.len());
+    shard.buckets[index].fetch_add(1, Relaxed);
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    shard.latency_sum_us.fetch_add(micros, Relaxed);
 }
 
 /// Responses by status class.
