@@ -75,7 +75,7 @@ on_error() {
     local status=$1 line=$2 command=$3
     trap - ERR
     say "error in step '$current_step': \`$command\` failed with status $status (scripts/incus-env.sh line $line)"
-    [ "$status" = 124 ] && say "it timed out: the daemon did not answer within 5 minutes"
+    [ "$status" = 124 ] && say "it timed out: the daemon did not answer within 10 minutes"
     [ -n "$step_hint" ] && say "what to do: $step_hint"
     [ -n "$step_log" ] && say "log: $step_log"
     exit "$status"
@@ -83,11 +83,11 @@ on_error() {
 trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
 
 # The incus client against one daemon, chosen by its INCUS_DIR. A daemon that stops
-# answering fails the step after 5 minutes instead of hanging the run.
+# answering fails the step after 10 minutes instead of hanging the run.
 incus_at() {
     local dir=$1
     shift
-    INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" timeout 300 incus "$@"
+    INCUS_DIR="$dir" INCUS_SOCKET="$dir/unix.socket" timeout 600 incus "$@"
 }
 
 # --- 1. packages ----------------------------------------------------------------------
@@ -202,7 +202,8 @@ ensure_packages() {
     command -v incus >/dev/null || die "the incus client is still missing after the install"
 }
 
-incus_version() { incus version 2>/dev/null | awk -F': ' '/^Client version/ {print $2}'; }
+# The client's version: asks no daemon, so it cannot hang on a busy one.
+incus_version() { incus --version 2>/dev/null; }
 
 # --- 2. daemons -----------------------------------------------------------------------
 
@@ -258,17 +259,18 @@ ensure_subids() {
 
 # Starts the daemon of DIR when it does not answer, and waits until it is ready.
 ensure_daemon() {
-    local dir=$1 log=$2 state
+    local dir=$1 log=$2 state waited=0
     state="$(daemon_state "$dir")"
-    [ "$state" = up ] && return 0
-    if [ "$state" = busy ]; then
-        # Never a second daemon on one dir: wait for the one that is there.
+    # Never a second daemon on one dir: wait while the one that is there is busy (each
+    # probe waits up to 5 s for an answer).
+    while [ "$state" = busy ]; do
         step "wait for incusd ($dir)" "the daemon listens but does not answer: read its log" "$log"
-        say "incusd for $dir listens but does not answer yet: waiting up to 5 minutes"
-        incus_at "$dir" admin waitready --timeout 300 >/dev/null 2>&1 ||
-            die "incusd for $dir did not answer within 5 minutes"
-        return 0
-    fi
+        [ "$waited" = 0 ] && say "incusd for $dir listens but does not answer yet: waiting up to 10 minutes"
+        waited=$((waited + 1))
+        [ "$waited" -le 120 ] || die "incusd for $dir did not answer within 10 minutes"
+        state="$(daemon_state "$dir")"
+    done
+    [ "$state" = up ] && return 0
     if [ "$dir" = "$MAIN_DIR" ] && has_systemd_unit incus.service; then
         step "start incusd ($dir)" "see \`journalctl -u incus\` and \`systemctl status incus\`"
         say "starting incus.service"
