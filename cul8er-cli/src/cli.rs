@@ -47,6 +47,9 @@ pub(crate) enum Command {
     /// Inspect or break the lease that keeps two applies apart.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Add, list or remove the Incus servers reached over TLS (`host NAME remote=...`).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
 }
 
 /// Where the topology and its state are.
@@ -159,6 +162,41 @@ pub(crate) enum LockCommand {
     Status(TopologyArgs),
     /// Remove the lease, whoever holds it.
     Release(LockReleaseArgs),
+}
+
+/// `cul8er remote ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemoteCommand {
+    /// Pin a server's certificate and make it trust cul8er's client certificate.
+    Add(RemoteAddArgs),
+    /// List the remotes: name, address, pinned fingerprint.
+    List,
+    /// Forget a remote and its pinned certificate.
+    Remove {
+        /// The remote's name.
+        name: String,
+    },
+}
+
+/// `cul8er remote add`.
+#[derive(Debug, Args)]
+pub(crate) struct RemoteAddArgs {
+    /// The remote's name, as topologies name it (`host edge1 remote=edge1`).
+    pub(crate) name: String,
+
+    /// The server's address: https://HOST:8443.
+    pub(crate) address: String,
+
+    /// A trust token from `incus config trust add NAME` on the server (`-` reads it
+    /// from stdin): it vouches for the server's fingerprint and makes the server trust
+    /// cul8er.
+    #[arg(long, conflicts_with = "accept_fingerprint")]
+    pub(crate) token: Option<String>,
+
+    /// Without a token: the server certificate's SHA-256 fingerprint, checked on the
+    /// server; the server must already trust cul8er's client certificate.
+    #[arg(long, value_name = "SHA256")]
+    pub(crate) accept_fingerprint: Option<String>,
 }
 
 /// `cul8er lock release`.

@@ -134,6 +134,9 @@ pub enum RemoteError {
         /// Fingerprint of cul8er's client certificate.
         client_fingerprint: String,
     },
+    /// The trust token cannot be read.
+    #[error("the trust token cannot be used")]
+    BadToken(#[source] Box<incus_api::Error>),
     /// Talking to the server failed.
     #[error("remote {address}: {step} failed")]
     Incus {
@@ -431,7 +434,7 @@ impl RemoteStore {
             }
             RemoteTrust::Token(token) => {
                 let mut token =
-                    TrustToken::decode(&token).map_err(incus("reading the trust token"))?;
+                    TrustToken::decode(&token).map_err(|e| RemoteError::BadToken(Box::new(e)))?;
                 let expected = normalize_fingerprint(&token.fingerprint);
                 if expected != fingerprint {
                     return Err(RemoteError::FingerprintMismatch {

@@ -2,6 +2,7 @@
 
 mod deploy;
 mod fmt;
+mod remote;
 mod validate;
 
 use crate::cli::Command;
@@ -20,6 +21,7 @@ pub(crate) fn run(command: Command, settings: &Settings) -> Outcome {
         Command::List(args) => deploy::list(&args, settings),
         Command::Import(args) => deploy::import(&args, settings),
         Command::Lock(command) => deploy::lock(&command, settings),
+        Command::Remote(command) => remote::run(&command, settings),
     }
 }
 
