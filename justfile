@@ -26,12 +26,15 @@ test: setup
     set -a
     . /run/cul8er-test-env
     set +a
+    # Both suites always run; the recipe fails when either does.
+    failed=0
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-fail-fast
+        cargo nextest run --workspace --no-fail-fast || failed=1
     else
-        cargo test --workspace --no-fail-fast --lib --bins --tests
+        cargo test --workspace --no-fail-fast --lib --bins --tests || failed=1
     fi
-    cargo test --workspace --doc
+    cargo test --workspace --doc || failed=1
+    exit "$failed"
 
 # Formatting, lints and docs, as CI checks them.
 lint:
