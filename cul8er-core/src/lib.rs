@@ -54,6 +54,7 @@ mod deployment;
 pub mod desired;
 pub mod edge;
 pub mod execute;
+pub mod health;
 pub mod lock;
 pub mod observe;
 pub mod plan;
