@@ -57,6 +57,15 @@ async fn load(url: &str, clients: usize, per_client: usize) -> Vec<(StatusCode, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_over_10000_requests_is_within_one_percent() {
+    weighted_split(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_holds_with_worker_threads() {
+    weighted_split(2).await;
+}
+
+async fn weighted_split(workers: usize) {
     let (a, b, c) = (
         TestBackend::start("a").await,
         TestBackend::start("b").await,
@@ -66,7 +75,7 @@ async fn weighted_split_over_10000_requests_is_within_one_percent() {
         "[[services]]\nname = \"app\"\nbackends = [{}]\n",
         backends_toml(&[("a", &a, 1), ("b", &b, 3), ("c", &c, 6)])
     );
-    let (proxy, url) = start(http_config(&services)).await;
+    let (proxy, url) = start_on(http_config(&services), workers).await;
     let results = load(&format!("{url}/"), 8, 1250).await;
     assert_eq!(results.len(), 10_000);
     assert!(results.iter().all(|(s, _)| *s == StatusCode::OK));
@@ -336,6 +345,15 @@ async fn long_requests_finish_while_their_backend_drains_and_after_removal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_reconfiguration_under_load_fails_no_request() {
+    live_reconfiguration(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reconfiguration_with_worker_threads_fails_no_request() {
+    live_reconfiguration(2).await;
+}
+
+async fn live_reconfiguration(workers: usize) {
     let backends: Vec<TestBackend> = {
         let mut v = Vec::new();
         for name in ["v1", "v2", "v3"] {
@@ -360,7 +378,7 @@ async fn live_reconfiguration_under_load_fails_no_request() {
             backends_toml(&set)
         ))
     };
-    let (proxy, url) = start(config_for(0)).await;
+    let (proxy, url) = start_on(config_for(0), workers).await;
     let generator = {
         let url = format!("{url}/");
         tokio::spawn(async move { load(&url, 8, 400).await })

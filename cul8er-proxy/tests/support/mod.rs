@@ -228,7 +228,16 @@ pub fn backends_toml(backends: &[(&str, &TestBackend, u32)]) -> String {
 }
 
 pub async fn start(config: ProxyConfig) -> (Proxy, String) {
-    let proxy = Proxy::start(config).await.unwrap();
+    start_on(config, 0).await
+}
+
+/// Starts a proxy serving on `workers` worker threads (0: on the test's runtime).
+pub async fn start_on(config: ProxyConfig, workers: usize) -> (Proxy, String) {
+    let proxy = if workers == 0 {
+        Proxy::start(config).await.unwrap()
+    } else {
+        Proxy::start_with_workers(config, workers).await.unwrap()
+    };
     let addr = proxy.local_addr("web").unwrap();
     (proxy, format!("http://{addr}"))
 }
