@@ -40,6 +40,7 @@ pub(crate) struct Backend {
     pub(crate) metrics: BackendMetrics,
     /// Cancelled when a removed backend's drain timeout runs out: cuts what is in flight.
     pub(crate) cut: CancellationToken,
+    cut_flag: AtomicBool,
     removed: AtomicBool,
     idle: Notify,
     /// Wakes whoever waits for health changes (`Proxy::until_checked`).
@@ -80,6 +81,7 @@ impl Backend {
             ejector: Mutex::new(PassiveEjector::new(passive)),
             metrics: BackendMetrics::new(workers),
             cut: CancellationToken::new(),
+            cut_flag: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             idle: Notify::new(),
             health_changed,
@@ -185,6 +187,22 @@ impl Backend {
             drop(ejector);
             self.health_changed.notify_waiters();
         }
+    }
+
+    /// The calling worker's idle HTTP/1.1 connections.
+    pub(crate) fn pool(&self) -> &IdleList {
+        &self.pools[crate::workers::worker_index() % self.pools.len()]
+    }
+
+    /// Cuts whatever is still in flight (a removed backend's drain timeout ran out).
+    pub(crate) fn cut_now(&self) {
+        self.cut_flag.store(true, Relaxed);
+        self.cut.cancel();
+    }
+
+    /// Whether [`Backend::cut_now`] ran; a lock-free check for the request path.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut_flag.load(Relaxed)
     }
 
     pub(crate) fn mark_removed(&self) {

@@ -25,7 +25,6 @@ use crate::io::{Activity, InFlight};
 use crate::runtime::{ServiceRuntime, Shared, UpstreamBody};
 use crate::server::Tunnel;
 use crate::upstream;
-use crate::workers::worker_index;
 use hyper::client::conn::http1::SendRequest;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,25 +64,34 @@ impl Drop for Tracked {
         if let Some(connection) = self.connection.take()
             && (self.finished || self.body.is_end_stream())
         {
-            let backend = self.active.backend();
-            backend.pools[worker_index() % backend.pools.len()].checkin(connection);
+            self.active.backend().pool().checkin(connection);
         }
     }
 }
 
-/// Sends one request to one backend: HTTP/1.1 through the worker's pool, HTTP/2
-/// through the multiplexing client. The error says whether it was a connect failure.
+fn refused(backend: &Backend) -> String {
+    format!(
+        "502 Bad Gateway: backend '{}' ({}) refused or did not accept the connection",
+        backend.name, backend.address
+    )
+}
+
+/// Sends one request to one backend: HTTP/1.1 on the connection taken from the
+/// worker's pool, HTTP/2 through the multiplexing client. The error says whether the
+/// request never reached the backend.
 async fn exchange(
     service: &ServiceRuntime,
     backend: &Backend,
+    connection: Option<SendRequest<UpstreamBody>>,
     request: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), (bool, String)> {
-    match service.config.protocol {
-        UpstreamProtocol::Http1 => {
-            let idle = &backend.pools[worker_index() % backend.pools.len()];
+    match connection {
+        Some(connection) => {
             let timeouts = &service.config.timeouts;
+            let pool = backend.pool();
             upstream::send(
-                idle,
+                connection,
+                pool,
                 backend.address,
                 timeouts.connect,
                 timeouts.idle,
@@ -93,7 +101,7 @@ async fn exchange(
             .map(|(response, connection)| (response, Some(connection)))
             .map_err(|error| (error.is_connect(), crate::admin::error_chain(&error)))
         }
-        UpstreamProtocol::Http2 => service
+        None => service
             .client()
             .request(request)
             .await
@@ -114,7 +122,7 @@ impl Body for ProxyBody {
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(tracked) => {
                 let backend = tracked.active.backend();
-                if backend.cut.is_cancelled() {
+                if backend.is_cut() {
                     return Poll::Ready(Some(Err(DRAIN_CUT.into())));
                 }
                 match Pin::new(&mut tracked.body).poll_frame(cx) {
@@ -273,8 +281,41 @@ async fn forward(
                 "400 Bad Request: unusable request target".into(),
             );
         };
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        // HTTP/1.1 takes its connection first: a connect failure leaves the request
+        // whole for the next backend, and once connected no copy is needed.
+        let connection = match service.config.protocol {
+            UpstreamProtocol::Http1 => {
+                let timeouts = &service.config.timeouts;
+                match upstream::acquire(
+                    backend.pool(),
+                    backend.address,
+                    timeouts.connect,
+                    timeouts.idle,
+                )
+                .await
+                {
+                    Ok(connection) => Some(connection),
+                    Err(error) => {
+                        backend.metrics.record_error(started.elapsed());
+                        backend.record_outcome(false);
+                        tracing::debug!(
+                            service = %service.config.name, backend = %backend.name,
+                            error = %crate::admin::error_chain(&error), "backend connect failed"
+                        );
+                        last_failure = Some(refused(&backend));
+                        tried.push(index);
+                        continue;
+                    }
+                }
+            }
+            UpstreamProtocol::Http2 => None,
+        };
         // The headers are copied only while another attempt could follow.
-        let last = attempt + 1 == attempts || tried.len() + 1 >= service.backends.len();
+        let last = connection.is_some()
+            || attempt + 1 == attempts
+            || tried.len() + 1 >= service.backends.len();
         // A retryable request has no body, so every attempt can send an empty one.
         let upstream_body = if retryable {
             Either::Right(Empty::new())
@@ -300,12 +341,10 @@ async fn forward(
             outbound.headers_mut().insert(header::HOST, value);
         }
 
-        let guard = ActiveGuard::new(backend.clone());
-        let started = Instant::now();
         let sent = tokio::select! {
             sent = tokio::time::timeout(
                 service.config.timeouts.response_headers,
-                exchange(service, &backend, outbound),
+                exchange(service, &backend, connection, outbound),
             ) => sent,
             () = backend.cut.cancelled() => {
                 backend.metrics.record_error(started.elapsed());
@@ -357,16 +396,14 @@ async fn forward(
                     service = %service.config.name, backend = %backend.name, %error,
                     connect, "backend request failed"
                 );
-                last_failure = Some(format!(
-                    "502 Bad Gateway: backend '{}' ({}) {}",
-                    backend.name,
-                    backend.address,
-                    if connect {
-                        "refused or did not accept the connection"
-                    } else {
-                        "failed the exchange"
-                    }
-                ));
+                last_failure = Some(if connect {
+                    refused(&backend)
+                } else {
+                    format!(
+                        "502 Bad Gateway: backend '{}' ({}) failed the exchange",
+                        backend.name, backend.address
+                    )
+                });
                 if !connect || last {
                     break;
                 }

@@ -803,7 +803,7 @@ fn retire(background: &mut JoinSet<()>, backend: &Arc<Backend>, drain_timeout: D
                 service = %backend.service, backend = %backend.name, active = backend.active(),
                 "drain timeout reached; cutting in-flight requests"
             );
-            backend.cut.cancel();
+            backend.cut_now();
         }
     });
 }

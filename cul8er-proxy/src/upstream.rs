@@ -100,30 +100,48 @@ impl IdleList {
     }
 }
 
-/// Sends `request` on a pooled connection from `idle`, or a new one. Returns the
-/// response and the connection, to be checked in once the body has been read.
+/// A connection for one request: an idle one from `idle`, or a new one.
+pub(crate) async fn acquire(
+    idle: &IdleList,
+    address: SocketAddr,
+    connect_timeout: Duration,
+    max_idle: Duration,
+) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    match idle.checkout(max_idle) {
+        Some(sender) => Ok(sender),
+        None => connect(address, connect_timeout).await,
+    }
+}
+
+/// How many times a request refused unwritten (a stale connection) is moved to
+/// another connection before giving up.
+const MAX_UNWRITTEN_RETRIES: usize = 3;
+
+/// Sends `request` on `sender`. A request the connection refused before writing a
+/// byte (it had gone stale) moves to another one. Returns the response and the
+/// connection, to be checked in once the body has been read.
 pub(crate) async fn send(
+    sender: SendRequest<UpstreamBody>,
     idle: &IdleList,
     address: SocketAddr,
     connect_timeout: Duration,
     max_idle: Duration,
     request: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), UpstreamError> {
-    let mut request = request;
-    while let Some(mut sender) = idle.checkout(max_idle) {
+    let (mut sender, mut request) = (sender, request);
+    let mut moves = 0;
+    loop {
         match sender.try_send_request(request).await {
             Ok(response) => return Ok((response, sender)),
             Err(mut error) => match error.take_message() {
-                // Never written: the connection had gone stale; try the next.
-                Some(unsent) => request = unsent,
-                None => return Err(UpstreamError::Exchange(error.into_error())),
+                Some(unsent) if moves < MAX_UNWRITTEN_RETRIES => {
+                    moves += 1;
+                    request = unsent;
+                    sender = acquire(idle, address, connect_timeout, max_idle).await?;
+                }
+                _ => return Err(UpstreamError::Exchange(error.into_error())),
             },
         }
-    }
-    let mut sender = connect(address, connect_timeout).await?;
-    match sender.send_request(request).await {
-        Ok(response) => Ok((response, sender)),
-        Err(error) => Err(UpstreamError::Exchange(error)),
     }
 }
 
