@@ -16,10 +16,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use incus_api::Client;
 use incus_api::instances::{InstanceSource, InstanceSpec, ListOptions};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -93,12 +95,12 @@ fn print_table(title: &str, rows: &[Row]) {
     let ours = rows[0].secs;
     println!("\n{title}");
     println!(
-        "  {:<28} {:>10} {:>10} {:>16}",
+        "  {:<32} {:>10} {:>10} {:>16}",
         "client", "ms/req", "req/s", "× incus-api time"
     );
     for r in rows {
         println!(
-            "  {:<28} {:>10.3} {:>10.0} {:>16.2}",
+            "  {:<32} {:>10.3} {:>10.0} {:>16.2}",
             r.name,
             r.secs * 1e3,
             1.0 / r.secs,
@@ -208,13 +210,19 @@ impl Drop for Cleanup {
     }
 }
 
-async fn launch_api(client: &Client, names: &[String]) -> f64 {
+/// Launches `names` with at most `parallel` in flight; seconds taken.
+async fn launch_api(client: &Client, names: &[String], parallel: usize) -> f64 {
+    let permits = Arc::new(Semaphore::new(parallel));
     let start = Instant::now();
     let mut set = JoinSet::new();
     for n in names {
         let c = client.clone();
+        let permits = Arc::clone(&permits);
         let spec = InstanceSpec::container(n, InstanceSource::image_alias(image())).start(true);
-        set.spawn(async move { c.instances().create(&spec).await?.wait(WAIT).await });
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            c.instances().create(&spec).await?.wait(WAIT).await
+        });
     }
     while let Some(r) = set.join_next().await {
         r.unwrap().unwrap();
@@ -222,13 +230,17 @@ async fn launch_api(client: &Client, names: &[String]) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-async fn delete_api(client: &Client, names: &[String]) -> f64 {
+/// Stops (forced) and deletes `names` with at most `parallel` in flight; seconds taken.
+async fn delete_api(client: &Client, names: &[String], parallel: usize) -> f64 {
+    let permits = Arc::new(Semaphore::new(parallel));
     let start = Instant::now();
     let mut set = JoinSet::new();
     for n in names {
         let c = client.clone();
         let n = n.clone();
+        let permits = Arc::clone(&permits);
         set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
             c.instances().stop(&n, true, None).await?.wait(WAIT).await?;
             c.instances().delete(&n).await?.wait(WAIT).await
         });
@@ -284,25 +296,32 @@ async fn real_main() {
     println!("  incus-api, 8 concurrent tasks on the pool: {tput:.0} req/s");
 
     let names = bench_names();
-    let launch = launch_api(&client, &names).await;
-    let present = client
-        .instances()
-        .list(&ListOptions::filter("name eq cul8er-t-bench-.*"))
-        .await
-        .unwrap();
-    assert_eq!(present.len(), COUNT);
-    let list = get_latency(&client, &sock, "/1.0/instances?recursion=1", 200).await;
-    print_table(
-        &format!("GET /1.0/instances?recursion=1 ({COUNT} instances of ours present)"),
-        &list,
+    println!(
+        "\nLaunch and delete {COUNT} containers at each parallelism, incus-api and incus-benchmark in turn"
     );
-    let delete = delete_api(&client, &names).await;
-
-    let mut best_launch = (f64::MAX, 0);
-    let mut best_delete = (f64::MAX, 0);
-    for parallel in [4, 10, 20] {
+    let mut best_api = ((f64::MAX, 0), (f64::MAX, 0));
+    let mut best_ib = ((f64::MAX, 0), (f64::MAX, 0));
+    for (round, parallel) in [4usize, 10, 20].into_iter().enumerate() {
+        let la = launch_api(&client, &names, parallel).await;
+        if round == 0 {
+            let present = client
+                .instances()
+                .list(&ListOptions::filter("name eq cul8er-t-bench-.*"))
+                .await
+                .unwrap();
+            assert_eq!(present.len(), COUNT);
+            let list = get_latency(&client, &sock, "/1.0/instances?recursion=1", 200).await;
+            print_table(
+                &format!(
+                    "GET /1.0/instances?recursion=1 ({COUNT} instances of ours present, besides any others)"
+                ),
+                &list,
+            );
+            println!();
+        }
+        let da = delete_api(&client, &names, parallel).await;
         let p = parallel.to_string();
-        let l = incus_benchmark(
+        let li = incus_benchmark(
             &sock,
             &[
                 "launch",
@@ -313,15 +332,22 @@ async fn real_main() {
                 &image(),
             ],
         );
-        let d = incus_benchmark(&sock, &["delete", "--parallel", &p]);
-        println!("  incus-benchmark --parallel {parallel:>2}: launch {l:.2} s, delete {d:.2} s");
-        if l < best_launch.0 {
-            best_launch = (l, parallel);
-        }
-        if d < best_delete.0 {
-            best_delete = (d, parallel);
+        let di = incus_benchmark(&sock, &["delete", "--parallel", &p]);
+        println!(
+            "  parallelism {parallel:>2}: incus-api launch {la:.2} s, delete {da:.2} s | \
+             incus-benchmark launch {li:.2} s, delete {di:.2} s"
+        );
+        for (best, l, d) in [(&mut best_api, la, da), (&mut best_ib, li, di)] {
+            if l < best.0.0 {
+                best.0 = (l, parallel);
+            }
+            if d < best.1.0 {
+                best.1 = (d, parallel);
+            }
         }
     }
+    let (launch, delete) = (best_api.0.0, best_api.1.0);
+    let (best_launch, best_delete) = (best_ib.0, best_ib.1);
 
     let start = Instant::now();
     for n in &names {
@@ -348,7 +374,14 @@ async fn real_main() {
             d / delete
         );
     };
-    line("incus-api (all concurrent)", launch, delete);
+    line(
+        &format!(
+            "incus-api (best: -P {} / -P {})",
+            best_api.0.1, best_api.1.1
+        ),
+        launch,
+        delete,
+    );
     line(
         &format!(
             "incus-benchmark (best: -P {} / -P {})",

@@ -186,3 +186,64 @@ async fn files_push_pull_mkdir_symlink_delete_with_owner_and_mode() {
         .unwrap_err();
     assert!(err.to_string().contains("absolute"), "{err}");
 }
+
+#[tokio::test]
+async fn a_proxy_device_set_through_config_forwards_host_traffic() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = client();
+    let (name, _g) = running_instance(&c, "proxy").await;
+    let files = c.instances().files(&name);
+    files.mkdir("/www", FileOptions::mode(0o755)).await.unwrap();
+    files
+        .push(
+            "/www/index.html",
+            "through the proxy\n",
+            FileOptions::mode(0o644),
+        )
+        .await
+        .unwrap();
+    let out = c
+        .instances()
+        .exec_recorded(
+            &name,
+            &ExecRequest::new(["httpd", "-p", "127.0.0.1:8080", "-h", "/www"]),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", out.stderr_text());
+
+    // A free loopback port on the host.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let device = incus_api::devices::proxy(&format!("tcp:127.0.0.1:{port}"), "tcp:127.0.0.1:8080");
+    c.instances()
+        .patch(
+            &name,
+            &serde_json::json!({ "devices": { "web": device } }),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.instances().get(&name).await.unwrap().devices["web"]["type"],
+        "proxy"
+    );
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("through the proxy\n"), "{reply}");
+}

@@ -5,6 +5,9 @@
 //! and websockets (events, streaming exec), so TLS and pinning apply to both. Connecting
 //! has a timeout; requests themselves do not, because some legitimately take long (an
 //! operation `/wait`, an image upload): callers put deadlines on waits instead.
+//!
+//! hyperlocal is not used: this one connector dials both the socket and TLS, so
+//! websockets reuse exactly the same dialling and pinning as requests.
 
 pub mod tls;
 
