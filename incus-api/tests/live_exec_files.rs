@@ -202,13 +202,16 @@ async fn a_proxy_device_set_through_config_forwards_host_traffic() {
         )
         .await
         .unwrap();
+    // The daemon must not keep the recorded output open, or the exec only ends when
+    // Incus gives up waiting for it.
+    let start_httpd = ExecRequest::new([
+        "sh",
+        "-c",
+        "httpd -p 127.0.0.1:8080 -h /www </dev/null >/dev/null 2>&1",
+    ]);
     let out = c
         .instances()
-        .exec_recorded(
-            &name,
-            &ExecRequest::new(["httpd", "-p", "127.0.0.1:8080", "-h", "/www"]),
-            WAIT,
-        )
+        .exec_recorded(&name, &start_httpd, WAIT)
         .await
         .unwrap();
     assert_eq!(out.exit_code, 0, "{}", out.stderr_text());
