@@ -67,7 +67,7 @@ impl Checker<'_> {
     fn names(&mut self) {
         let t = self.topology;
         // A file's nameless topology was already reported by the decoder.
-        if !t.name.is_empty() || self.spans.is_empty() {
+        if !t.name.is_empty() || self.spans.is_built() {
             self.valid_name(
                 "topology",
                 &t.name,
@@ -110,15 +110,19 @@ impl Checker<'_> {
         for (what, list, prefix) in &groups {
             let mut first: HashMap<&str, usize> = HashMap::new();
             for (index, name) in list.iter().enumerate() {
-                let span = self.span(&format!("{prefix}{index}"));
+                let key = || format!("{prefix}{index}");
                 // An owned bridge is a Linux interface: at most 15 characters.
                 let max = if *what == "network" {
                     15
                 } else {
                     MAX_INSTANCE_NAME
                 };
-                self.valid_name(what, name, span, max);
+                if !names::is_valid(name) || name.len() > max {
+                    let span = self.span(&key());
+                    self.valid_name(what, name, span, max);
+                }
                 if let Some(&earlier) = first.get(name) {
+                    let span = self.span(&key());
                     self.problems.push(
                         Problem::new(
                             ProblemKind::Duplicate,
@@ -188,7 +192,7 @@ impl Checker<'_> {
 
     /// Ranges a file cannot get wrong (the decoder refuses them) but code can.
     fn values(&mut self) {
-        if !self.spans.is_empty() {
+        if !self.spans.is_built() {
             // From a file: the decoder already checked these, with better spans.
             return;
         }
@@ -405,13 +409,13 @@ impl Checker<'_> {
             resource: &'a str,
             protocol: Protocol,
             hostname: Option<&'a str>,
-            key: String,
+            at: (usize, usize, usize),
         }
         let mut taken: HashMap<(&str, u16), Vec<Taken<'_>>> = HashMap::new();
         for (index, resource) in self.topology.resources.iter().enumerate() {
             for (n, attachment) in resource.networks.iter().enumerate() {
                 for (e, expose) in attachment.expose.iter().enumerate() {
-                    let key = format!("r{index}.net{n}.exp{e}");
+                    let key = |(r, n, e): (usize, usize, usize)| format!("r{r}.net{n}.exp{e}");
                     let slot = taken
                         .entry((resource.host.as_str(), expose.public))
                         .or_default();
@@ -450,10 +454,10 @@ impl Checker<'_> {
                                 other.resource, resource.name, expose.public, resource.host
                             )
                         };
-                        let first = self.span(&other.key);
+                        let first = self.span(&key(other.at));
                         self.problems.push(
                             Problem::new(ProblemKind::PortConflict, message)
-                                .at(self.span(&key), "port taken again here")
+                                .at(self.span(&key((index, n, e))), "port taken again here")
                                 .also(first, "first taken here")
                                 .help(help),
                         );
@@ -463,7 +467,7 @@ impl Checker<'_> {
                         resource: &resource.name,
                         protocol: expose.protocol,
                         hostname: expose.hostname.as_deref(),
-                        key,
+                        at: (index, n, e),
                     });
                 }
             }
@@ -474,7 +478,7 @@ impl Checker<'_> {
         for (index, resource) in self.topology.resources.iter().enumerate() {
             let key = format!("r{index}");
             let strategy = &resource.strategy;
-            let strategy_span = self.span(&format!("{key}.strategy"));
+            let strategy_key = || format!("{key}.strategy");
             let exposes = resource.networks.iter().any(|a| !a.expose.is_empty());
             if strategy.kind.switches_traffic() && !exposes {
                 self.problems.push(
@@ -482,7 +486,7 @@ impl Checker<'_> {
                         ProblemKind::Conflict,
                         format!("resource `{}` uses {} but exposes no port", resource.name, strategy.kind.as_str()),
                     )
-                    .at(strategy_span, "needs traffic switching")
+                    .at(self.span(&strategy_key()), "needs traffic switching")
                     .help("blue-green and canary move traffic through the edge: add `network NAME { expose PORT public=PORT protocol=http }`, or use `strategy rolling`"),
                 );
             }

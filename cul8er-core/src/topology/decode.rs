@@ -23,14 +23,31 @@ use super::units::{ByteSize, Duration, UnitError};
 
 /// Where things were written, by a key such as `r3.on` (resource 3's `on=` property),
 /// so that the checks on the model can point back into the file.
+///
+/// Recording costs a string per key, and the spans are only read when a check finds a
+/// problem, so a file is first read without them and read again, recording, only when
+/// it has problems.
 #[derive(Debug, Default)]
 pub(crate) struct Spans {
     map: HashMap<String, SourceSpan>,
+    record: bool,
+    from_file: bool,
 }
 
 impl Spans {
-    pub(crate) fn set(&mut self, key: String, span: SourceSpan) {
-        self.map.insert(key, span);
+    /// Spans of a file, recorded or not.
+    pub(crate) fn for_file(record: bool) -> Self {
+        Self {
+            map: HashMap::new(),
+            record,
+            from_file: true,
+        }
+    }
+
+    pub(crate) fn set(&mut self, key: impl FnOnce() -> String, span: SourceSpan) {
+        if self.record {
+            self.map.insert(key(), span);
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<SourceSpan> {
@@ -38,8 +55,8 @@ impl Spans {
     }
 
     /// True for a topology built in code.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    pub(crate) fn is_built(&self) -> bool {
+        !self.from_file
     }
 }
 
@@ -109,10 +126,10 @@ const HEALTH_TIMING: &[&str] = &[
 ];
 
 impl<'a> Decoder<'a> {
-    pub(crate) fn new(env: EnvLookup<'a>) -> Self {
+    pub(crate) fn new(env: EnvLookup<'a>, record_spans: bool) -> Self {
         Self {
             problems: Vec::new(),
-            spans: Spans::default(),
+            spans: Spans::for_file(record_spans),
             env,
             vars: BTreeMap::new(),
             unset_vars: Vec::new(),
@@ -489,7 +506,7 @@ impl<'a> Decoder<'a> {
         let name = self
             .name_arg(node, "a name, e.g. `topology production { ... }`")
             .map(|(name, span)| {
-                self.spans.set("topology".into(), span);
+                self.spans.set(|| "topology".into(), span);
                 name
             })
             .unwrap_or_default();
@@ -558,7 +575,7 @@ impl<'a> Decoder<'a> {
             }
             "security" => {
                 if self.once_in_topology(child) {
-                    self.spans.set("security".into(), child.name_span);
+                    self.spans.set(|| "security".into(), child.name_span);
                     topology.security = Some(self.security(child));
                 }
             }
@@ -569,7 +586,7 @@ impl<'a> Decoder<'a> {
             }
             "certificates" => {
                 if self.once_in_topology(child) {
-                    self.spans.set("certificates".into(), child.name_span);
+                    self.spans.set(|| "certificates".into(), child.name_span);
                     topology.certificates = Some(self.certificates(child));
                 }
             }
@@ -707,7 +724,7 @@ impl<'a> Decoder<'a> {
         };
         self.props(&filtered, PROPS);
         let (name, span) = self.name_arg(node, "a name")?;
-        self.spans.set(format!("h{index}"), span);
+        self.spans.set(|| format!("h{index}"), span);
         let socket = self.prop_string(node, "socket");
         let remote = self.prop_string(node, "remote");
         let endpoint = match (socket, remote) {
@@ -784,10 +801,10 @@ impl<'a> Decoder<'a> {
         self.props(node, &["subnet", "nat", "existing", "host"]);
         self.no_children(node);
         let (name, span) = self.name_arg(node, "a name")?;
-        self.spans.set(format!("n{index}"), span);
+        self.spans.set(|| format!("n{index}"), span);
         let host = self.prop_string(node, "host");
         if let Some(entry) = Self::prop(node, "host") {
-            self.spans.set(format!("n{index}.host"), entry.span);
+            self.spans.set(|| format!("n{index}.host"), entry.span);
         }
         let kind = if let Some(existing) = self.prop_string(node, "existing") {
             if let Some(entry) = Self::prop(node, "subnet").or_else(|| Self::prop(node, "nat")) {
@@ -830,7 +847,7 @@ impl<'a> Decoder<'a> {
         self.props(node, &["pool", "size", "host"]);
         self.no_children(node);
         let (name, span) = self.name_arg(node, "a name")?;
-        self.spans.set(format!("v{index}"), span);
+        self.spans.set(|| format!("v{index}"), span);
         let host = self.prop_string(node, "host");
         let pool = self
             .prop_string(node, "pool")
@@ -849,10 +866,10 @@ impl<'a> Decoder<'a> {
         self.props(node, &["type", "on"]);
         let (name, span) = self.name_arg(node, "a name")?;
         let key = format!("r{index}");
-        self.spans.set(key.clone(), span);
+        self.spans.set(|| key.clone(), span);
         let kind = match Self::prop(node, "type") {
             Some(entry) => {
-                self.spans.set(format!("{key}.type"), entry.span);
+                self.spans.set(|| format!("{key}.type"), entry.span);
                 match self.keyword(entry, &["container", "vm"]) {
                     Some("vm") => InstanceKind::Vm,
                     _ => InstanceKind::Container,
@@ -862,7 +879,7 @@ impl<'a> Decoder<'a> {
         };
         let host = match Self::prop(node, "on") {
             Some(entry) => {
-                self.spans.set(format!("{key}.on"), entry.span);
+                self.spans.set(|| format!("{key}.on"), entry.span);
                 self.string(entry).unwrap_or_default()
             }
             None => {
@@ -902,7 +919,7 @@ impl<'a> Decoder<'a> {
             match child.name.as_str() {
                 "image" => {
                     has_image = true;
-                    self.spans.set(format!("{key}.image"), child.name_span);
+                    self.spans.set(|| format!("{key}.image"), child.name_span);
                     if let Some(image) = self.image(child) {
                         resource.image = image;
                     }
@@ -918,7 +935,8 @@ impl<'a> Decoder<'a> {
                 }
                 "profiles" => resource.profiles = self.strings(child, "profile names"),
                 "placement" => {
-                    self.spans.set(format!("{key}.placement"), child.name_span);
+                    self.spans
+                        .set(|| format!("{key}.placement"), child.name_span);
                     resource.placement = self.placement(child);
                 }
                 "limits" => resource.limits = self.limits(child, &key),
@@ -933,7 +951,7 @@ impl<'a> Decoder<'a> {
                     self.props(child, &["path"]);
                     self.no_children(child);
                     if let Some((volume, span)) = self.name_arg(child, "a volume name") {
-                        self.spans.set(format!("{key}.vol{n}"), span);
+                        self.spans.set(|| format!("{key}.vol{n}"), span);
                         let path = self.absolute_path(child, "path");
                         if let Some(path) = path {
                             resource.volumes.push(VolumeMount { volume, path });
@@ -954,11 +972,12 @@ impl<'a> Decoder<'a> {
                     }
                 }
                 "security" => {
-                    self.spans.set(format!("{key}.security"), child.name_span);
+                    self.spans
+                        .set(|| format!("{key}.security"), child.name_span);
                     resource.security = Some(self.security(child));
                 }
                 "zone" => {
-                    self.spans.set(format!("{key}.zone"), child.name_span);
+                    self.spans.set(|| format!("{key}.zone"), child.name_span);
                     resource.zone = self.single_string(child, "a zone name");
                 }
                 _ => {}
@@ -1054,7 +1073,8 @@ impl<'a> Decoder<'a> {
                 }
                 "processes" => {
                     self.props(child, &[]);
-                    self.spans.set(format!("{key}.processes"), child.name_span);
+                    self.spans
+                        .set(|| format!("{key}.processes"), child.name_span);
                     limits.processes = self
                         .args(child, 1, 1, "a count")
                         .first()
@@ -1120,11 +1140,12 @@ impl<'a> Decoder<'a> {
     fn attachment(&mut self, node: &RawNode, key: &str) -> Option<NetworkAttachment> {
         self.props(node, &[]);
         let (network, span) = self.name_arg(node, "a network name")?;
-        self.spans.set(key.to_owned(), span);
+        self.spans.set(|| key.to_owned(), span);
         let mut expose = Vec::new();
         for child in self.children(node, &["expose"], &[]) {
             let index = expose.len();
-            self.spans.set(format!("{key}.exp{index}"), child.name_span);
+            self.spans
+                .set(|| format!("{key}.exp{index}"), child.name_span);
             if let Some(item) = self.expose(child) {
                 expose.push(item);
             }
@@ -1283,7 +1304,8 @@ impl<'a> Decoder<'a> {
                             .prop_string(child, "name")
                             .unwrap_or_else(|| name.clone());
                         let index = vars.len();
-                        self.spans.set(format!("{key}.env{index}"), child.name_span);
+                        self.spans
+                            .set(|| format!("{key}.env{index}"), child.name_span);
                         Some(EnvValue::SecretFromStore { secret })
                     }
                     None => None,
@@ -1433,7 +1455,7 @@ impl<'a> Decoder<'a> {
 
     fn strategy(&mut self, node: &RawNode, key: &str) -> Option<Strategy> {
         self.props(node, &["max-parallel"]);
-        self.spans.set(format!("{key}.strategy"), node.name_span);
+        self.spans.set(|| format!("{key}.strategy"), node.name_span);
         let args = self.args(
             node,
             1,
@@ -1467,7 +1489,7 @@ impl<'a> Decoder<'a> {
             }
             match child.name.as_str() {
                 "health" => {
-                    self.spans.set(format!("{key}.health"), child.name_span);
+                    self.spans.set(|| format!("{key}.health"), child.name_span);
                     strategy.health = self.health(child);
                 }
                 "rollback" => {
@@ -1476,11 +1498,12 @@ impl<'a> Decoder<'a> {
                     }
                 }
                 "canary" => {
-                    self.spans.set(format!("{key}.canary"), child.name_span);
+                    self.spans.set(|| format!("{key}.canary"), child.name_span);
                     strategy.canary = Some(self.canary(child, key));
                 }
                 _ => {
-                    self.spans.set(format!("{key}.blue-green"), child.name_span);
+                    self.spans
+                        .set(|| format!("{key}.blue-green"), child.name_span);
                     strategy.blue_green = self.blue_green(child);
                 }
             }
@@ -1650,7 +1673,7 @@ impl<'a> Decoder<'a> {
                 self.props(child, &["pause"]);
                 let index = canary.steps.len();
                 self.spans
-                    .set(format!("{key}.step{index}"), child.name_span);
+                    .set(|| format!("{key}.step{index}"), child.name_span);
                 let Some(weight) = self
                     .args(child, 1, 1, "a weight in percent, e.g. `step 25`")
                     .first()
@@ -1786,7 +1809,7 @@ impl<'a> Decoder<'a> {
         self.props(node, &["discovery"]);
         let (name, span) = self.name_arg(node, "a name")?;
         let key = format!("c{index}");
-        self.spans.set(key.clone(), span);
+        self.spans.set(|| key.clone(), span);
         let discovery = match Self::prop(node, "discovery") {
             Some(entry) => match self.keyword(entry, &["epmd", "dns", "gossip"])? {
                 "dns" => Discovery::Dns,
@@ -1815,7 +1838,7 @@ impl<'a> Decoder<'a> {
                     .enumerate()
                 {
                     if let Some(node_name) = self.string(entry) {
-                        self.spans.set(format!("{key}.node{n}"), entry.span);
+                        self.spans.set(|| format!("{key}.node{n}"), entry.span);
                         cluster.nodes.push(node_name);
                     }
                 }
@@ -1823,7 +1846,7 @@ impl<'a> Decoder<'a> {
                 self.props(child, &["secret"]);
                 self.no_children(child);
                 self.args(child, 0, 0, "");
-                self.spans.set(format!("{key}.cookie"), child.name_span);
+                self.spans.set(|| format!("{key}.cookie"), child.name_span);
                 cluster.cookie_secret = self.prop_string(child, "secret");
                 if cluster.cookie_secret.is_none() {
                     self.push(
@@ -1850,7 +1873,7 @@ impl<'a> Decoder<'a> {
     fn secret_store(&mut self, node: &RawNode) -> SecretStore {
         self.props(node, &["backend", "path"]);
         self.args(node, 0, 0, "");
-        self.spans.set("secrets".into(), node.name_span);
+        self.spans.set(|| "secrets".into(), node.name_span);
         if let Some(entry) = Self::prop(node, "backend") {
             self.keyword(entry, &["local"]);
         }
@@ -1934,7 +1957,7 @@ impl<'a> Decoder<'a> {
         self.props(node, &[]);
         let (name, span) = self.name_arg(node, "a name")?;
         let key = format!("z{index}");
-        self.spans.set(key.clone(), span);
+        self.spans.set(|| key.clone(), span);
         let mut zone = Zone {
             name,
             networks: Vec::new(),
@@ -1944,7 +1967,7 @@ impl<'a> Decoder<'a> {
             if child.name == "network" {
                 let n = zone.networks.len();
                 if let Some(network) = self.single_string(child, "a network name") {
-                    self.spans.set(format!("{key}.net{n}"), child.name_span);
+                    self.spans.set(|| format!("{key}.net{n}"), child.name_span);
                     zone.networks.push(network);
                 }
                 continue;
@@ -1953,7 +1976,7 @@ impl<'a> Decoder<'a> {
             self.no_children(child);
             self.args(child, 0, 0, "");
             let n = zone.rules.len();
-            self.spans.set(format!("{key}.rule{n}"), child.name_span);
+            self.spans.set(|| format!("{key}.rule{n}"), child.name_span);
             let action = if child.name == "allow" {
                 AclAction::Allow
             } else {
@@ -2042,7 +2065,7 @@ mod tests {
     #[test]
     fn interpolation_replaces_variables_and_escapes() {
         let env = |_: &str| None;
-        let mut decoder = Decoder::new(&env);
+        let mut decoder = Decoder::new(&env, true);
         decoder.vars.insert("version".into(), "1.2.3".into());
         let span = SourceSpan::from(0..1);
         assert_eq!(

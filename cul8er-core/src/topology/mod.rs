@@ -100,6 +100,18 @@ pub fn parse(
     origin: &str,
     options: &LoadOptions<'_>,
 ) -> Result<Vec<Topology>, TopologyError> {
+    // Spans for the cross-block checks are recorded only when there is a problem to
+    // point at: a valid file is read once, a file with problems twice.
+    parse_pass(source, origin, options, false)
+        .or_else(|_| parse_pass(source, origin, options, true))
+}
+
+fn parse_pass(
+    source: &str,
+    origin: &str,
+    options: &LoadOptions<'_>,
+    record_spans: bool,
+) -> Result<Vec<Topology>, TopologyError> {
     let mut problems = Vec::new();
     let mut names: Vec<(String, miette::SourceSpan)> = Vec::new();
     let mut any_topology = false;
@@ -138,7 +150,7 @@ pub fn parse(
                 names.push((name.clone(), node.name_span));
             }
             if options.topology.is_none() || options.topology == name.as_deref() {
-                let mut decoder = decode::Decoder::new(options.env);
+                let mut decoder = decode::Decoder::new(options.env, record_spans);
                 let topology = decoder.start_topology(&node);
                 current = Some((decoder, topology));
             }
