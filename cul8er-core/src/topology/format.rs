@@ -41,7 +41,7 @@ pub fn format_kdl(source: &str, origin: &str) -> Result<String, TopologyError> {
             saved.restore(node);
         }
     });
-    let mut text = document.to_string();
+    let mut text = indent_slashdashed(&document.to_string());
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -103,6 +103,30 @@ impl Saved {
             }
         }
     }
+}
+
+/// Autoformat keeps a `/-` commented-out node as text but starts it with one space;
+/// this puts it at the indentation of its siblings.
+fn indent_slashdashed(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut indent, mut opens) = (0, false);
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let fixed = if trimmed.starts_with("/-") && line.len() - trimmed.len() == 1 {
+            let wanted = if opens { indent + 4 } else { indent };
+            format!("{}{trimmed}", " ".repeat(wanted))
+        } else {
+            line.to_owned()
+        };
+        let body = fixed.trim_start();
+        if !body.is_empty() {
+            indent = fixed.len() - body.len();
+            opens = body.ends_with('{');
+        }
+        out.push_str(&fixed);
+        out.push('\n');
+    }
+    out
 }
 
 /// Refuses output that reads differently from the source or lost a comment.
@@ -181,6 +205,17 @@ mod tests {
                 "{err:?}"
             ),
         }
+    }
+
+    #[test]
+    fn fmt_indents_commented_out_nodes_like_their_siblings() {
+        let source = "topology t {\n    resource a { image \"x\"; }\n    /-resource b {\n        image \"y\"\n    }\n}\n/-topology old { }\n";
+        let once = format_kdl(source, "t.kdl").unwrap();
+        assert_eq!(
+            once,
+            "topology t {\n    resource a {\n        image x\n    }\n    /-resource b {\n        image \"y\"\n    }\n}\n/-topology old { }\n"
+        );
+        assert_eq!(format_kdl(&once, "t.kdl").unwrap(), once);
     }
 
     #[test]
