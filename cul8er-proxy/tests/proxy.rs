@@ -969,3 +969,43 @@ async fn weight_zero_backends_are_health_checked_before_they_get_traffic() {
         assert_eq!(get(&client(), &format!("{url}/")).await.1, "green");
     }
 }
+
+#[tokio::test]
+async fn a_backend_without_headers_in_time_gives_504_and_idle_clients_are_closed() {
+    let a = TestBackend::start("a").await;
+    let mut config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{}]\ntimeouts = {{ response_headers = \"100ms\" }}\n",
+        backends_toml(&[("a", &a, 1)])
+    ));
+    config.listeners[0].idle_timeout = std::time::Duration::from_millis(100);
+    let (proxy, url) = start(config).await;
+    let (status, body) = get(&client(), &format!("{url}/hold")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        body.contains("sent no response headers within 100ms"),
+        "{body}"
+    );
+    assert_eq!(proxy.stats().backend("app", "a").unwrap().errors, 1);
+
+    // A keep-alive connection with nothing in flight is closed after the idle timeout.
+    let mut stream = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // Reading to the end only ends when the proxy closes; the deadline guards a hang.
+    let read = stream.read_to_end(&mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("the idle connection was never closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("\r\n\r\na"),
+        "{answer}"
+    );
+    a.state.release_held();
+}
