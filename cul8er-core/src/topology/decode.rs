@@ -1533,7 +1533,7 @@ impl<'a> Decoder<'a> {
         };
         let kind = self.keyword(first, &["http", "tcp", "command"])?;
         let probe_props: &[&str] = match kind {
-            "http" => &["path", "port", "status"],
+            "http" => &["path", "port", "status", "body"],
             "tcp" => &["port"],
             _ => &[],
         };
@@ -1606,6 +1606,7 @@ impl<'a> Decoder<'a> {
                 *slot = value;
             }
         }
+        check.body = self.prop_string(node, "body");
         if let Some(entry) = Self::prop(node, "retries")
             && let Some(retries) = self.u32(entry, 1..=100)
         {

@@ -491,6 +491,9 @@ pub struct HealthCheck {
     pub min_healthy_time: Duration,
     /// The longest an instance may take to become healthy.
     pub deadline: Duration,
+    /// HTTP checks only: text the response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 impl HealthCheck {
@@ -505,6 +508,7 @@ impl HealthCheck {
             start_period: Duration::from_secs(0),
             min_healthy_time: Duration::from_secs(10),
             deadline: Duration::from_secs(300),
+            body: None,
         }
     }
 }
