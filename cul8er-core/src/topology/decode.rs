@@ -72,6 +72,9 @@ pub(crate) struct Decoder<'a> {
     unset_vars: Vec<String>,
     /// Whether the topology declared a host (even an invalid one).
     saw_host: bool,
+    /// Uses of variables not declared yet, with the index of their problem: a later
+    /// declaration turns its help into "declare it before use".
+    undeclared_uses: Vec<(String, usize)>,
     /// Resources without `on=`, resolved when the topology is complete.
     hostless: Vec<usize>,
     /// The single blocks of the topology already seen (`security`, `secrets`, ...).
@@ -134,6 +137,7 @@ impl<'a> Decoder<'a> {
             vars: BTreeMap::new(),
             unset_vars: Vec::new(),
             saw_host: false,
+            undeclared_uses: Vec::new(),
             hostless: Vec::new(),
             topology_blocks: HashMap::new(),
         }
@@ -342,6 +346,8 @@ impl<'a> Decoder<'a> {
                             },
                         ),
                     );
+                    self.undeclared_uses
+                        .push((name.to_owned(), self.problems.len() - 1));
                     ok = false;
                 }
                 rest = &inner[close + 1..];
@@ -660,6 +666,19 @@ impl<'a> Decoder<'a> {
         let Some((name, _)) = self.name_arg(node, "a name") else {
             return;
         };
+        for (used, index) in &self.undeclared_uses {
+            if *used == name
+                && let Some(problem) = self.problems.get_mut(*index)
+            {
+                *problem = Problem::new(
+                    ProblemKind::UndefinedReference,
+                    format!("variable `{name}` is used before it is declared"),
+                )
+                .at(problem.span(), "used here")
+                .also(Some(node.name_span), "declared here")
+                .help("declare variables before the strings that use them");
+            }
+        }
         let env = self.prop_string(node, "env");
         let default = self.prop_string(node, "default");
         if env.is_none() && default.is_none() {
