@@ -20,7 +20,7 @@ demo: setup
     cargo run --quiet -p cul8er-cli -- --help
 
 # Every test: unit, decoding, and live against the real Incus environment (CUL8ER_TEST_* variables).
-test: setup
+test: setup proxy-static
     #!/usr/bin/env bash
     set -euo pipefail
     set -a
@@ -35,6 +35,10 @@ test: setup
     fi
     cargo test --workspace --doc || failed=1
     exit "$failed"
+
+# The static cul8er-proxy (probe and edge) that cul8er pushes into instances of any x86_64 image.
+proxy-static:
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu -p cul8er-proxy
 
 # Formatting, lints and docs, as CI checks them.
 lint:
