@@ -60,10 +60,10 @@ impl Drop for TrustGuard {
         if let Ok(out) = run(&["query", "/1.0/certificates?recursion=1"]) {
             let certs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             for cert in certs.as_array().into_iter().flatten() {
-                if cert["name"] == self.0.as_str() {
-                    if let Some(fp) = cert["fingerprint"].as_str() {
-                        let _ = run(&["config", "trust", "remove", fp]);
-                    }
+                if cert["name"] == self.0.as_str()
+                    && let Some(fp) = cert["fingerprint"].as_str()
+                {
+                    let _ = run(&["config", "trust", "remove", fp]);
                 }
             }
         }
