@@ -12,7 +12,12 @@
 //! default `/var/lib/incus/unix.socket`); instances are named `cul8er-t-bench-*` and
 //! removed at the end, also on failure. Counts are bounded; each part stops by itself.
 //! Run: `just bench-incus-api` (or `cargo bench -p incus-api --bench incus_api`).
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a report program
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)] // a report program
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -198,14 +203,15 @@ struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for n in bench_names() {
-            let _ = Command::new("incus")
+            // Bounded by `timeout`, so a hung daemon cannot hang the cleanup.
+            let _ = Command::new("timeout")
                 .env("INCUS_SOCKET", &self.0)
-                .args(["delete", "--force", &n])
+                .args(["30", "incus", "delete", "--force", &n])
                 .output();
         }
-        let _ = Command::new("incus-benchmark")
+        let _ = Command::new("timeout")
             .env("INCUS_SOCKET", &self.0)
-            .args(["delete"])
+            .args(["120", "incus-benchmark", "delete"])
             .output();
     }
 }
@@ -270,7 +276,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(real_main());
+    // Bounded in time: a daemon that stops answering ends the run with a message.
+    let limit = Duration::from_secs(900);
+    if rt
+        .block_on(tokio::time::timeout(limit, real_main()))
+        .is_err()
+    {
+        eprintln!(
+            "incus-api benchmark: gave up after {} s (the daemon stopped answering?)",
+            limit.as_secs()
+        );
+        std::process::exit(1);
+    }
 }
 
 async fn real_main() {
