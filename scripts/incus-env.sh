@@ -442,8 +442,11 @@ cluster_members() {
         jq -r '.[] | "\(.server_name),\(.status)"'
 }
 
+# Both members see themselves clustered and member2 sees both online. (member2's view
+# alone lags: a member whose state was wiped still shows online until heartbeats miss.)
 cluster_ready() {
     local members
+    member_clustered member2 2>/dev/null && member_clustered member3 2>/dev/null || return 1
     members="$(cluster_members)" || return 1
     [ "$(printf '%s\n' "$members" | sort | tr '\n' ' ')" = "member2,Online member3,Online " ]
 }
@@ -526,6 +529,19 @@ cluster:
 EOF
 }
 
+cluster_rebuilt=0
+
+# Removes both members and builds the cluster again, once per run.
+rebuild_cluster() {
+    local reason=$1
+    [ "$cluster_rebuilt" = 0 ] || die "the rebuilt cluster is still inconsistent ($reason); see $LOG_DIR"
+    cluster_rebuilt=1
+    say "$reason: rebuilding the cluster"
+    remove_member member3
+    remove_member member2
+    ensure_cluster
+}
+
 ensure_cluster() {
     local member
     for member in "${MEMBERS[@]}"; do
@@ -545,10 +561,7 @@ ensure_cluster() {
     fi
     if cluster_members | grep -q '^member3,' && ! member_clustered member3; then
         # member2 still lists a member3 whose state is gone: start over.
-        say "member3's state is gone but member2 still lists it: rebuilding the cluster"
-        remove_member member3
-        remove_member member2
-        ensure_cluster
+        rebuild_cluster "member3's state is gone but member2 still lists it"
         return 0
     fi
     if ! cluster_members | grep -q '^member3,'; then
@@ -568,10 +581,7 @@ ensure_cluster() {
         sleep 1
     done
     if ! member_clustered member3 || ! member_clustered member2; then
-        say "the cluster is inconsistent: rebuilding it"
-        remove_member member3
-        remove_member member2
-        ensure_cluster
+        rebuild_cluster "a member lost its cluster state"
         return 0
     fi
     die "cluster members not online after 60 s: $(cluster_members | tr '\n' ' ')"
