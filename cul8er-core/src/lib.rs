@@ -60,6 +60,7 @@ pub mod observe;
 pub mod plan;
 pub mod release;
 pub mod remote;
+pub mod rollout;
 pub mod state;
 pub mod topology;
 
