@@ -144,6 +144,9 @@ pub struct ApplyReport {
     pub plan: Plan,
     /// What each step did.
     pub outcome: ApplyOutcome,
+    /// The rollouts of updated and replaced instances, when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutRecord>,
 }
 
 /// One instance in `status`.
@@ -456,11 +459,28 @@ impl Deployment {
             kept
         };
         let run = async {
-            let outcome = executor.apply(plan, cancel, on_event).await;
+            // Updated and replaced instances roll out by their resource's strategy.
+            let report = crate::rollout::apply(
+                &executor,
+                &self.topology,
+                plan,
+                self.options.edge_binary.as_ref(),
+                cancel,
+                on_event,
+            )
+            .await;
             done.cancel();
-            outcome
+            report
         };
-        let (outcome, kept) = tokio::join!(run, keep);
+        let (report, kept) = tokio::join!(run, keep);
+        let crate::rollout::RolloutReport {
+            outcome,
+            record: rollout,
+        } = report;
+        if let Some(record) = &rollout {
+            self.state
+                .write_record(topology, &revision, "rollout", record)?;
+        }
         self.state
             .write_record(topology, &revision, "outcome", &outcome)?;
         kept?;
@@ -468,6 +488,7 @@ impl Deployment {
             revision,
             plan: plan.clone(),
             outcome,
+            rollout,
         })
     }
 
