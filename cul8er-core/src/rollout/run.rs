@@ -77,6 +77,9 @@ fn merge(into: &mut ApplyOutcome, from: ApplyOutcome) {
 /// its strategy; everything else goes through `executor` as it is. Networks and
 /// volumes are made first and deleted last.
 ///
+/// HTTP and TCP health checks run the static `cul8er-proxy` binary inside the
+/// instances as their probe: `probe`, else as [`crate::edge::locate_binary`] finds it.
+///
 /// Never fails as a whole: failed steps, failed gates and rollbacks are in the
 /// report. Cancelling (`cancel.graceful`, Ctrl-C) starts no new batch and puts back
 /// what the rollout changed, so a resource is never left half-switched.
@@ -84,6 +87,7 @@ pub async fn apply(
     executor: &Executor,
     topology: &Topology,
     plan: &Plan,
+    probe: Option<&crate::edge::EdgeBinary>,
     cancel: &Cancel,
     on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
 ) -> RolloutReport {
@@ -115,9 +119,10 @@ pub async fn apply(
     let roller = Roller {
         executor,
         plan,
+        topology,
         cancel,
         on_event,
-        binary: OnceCell::new(),
+        binary: OnceCell::new_with(probe.cloned().map(Some)),
     };
     for resource in &topology.resources {
         let changes: Vec<Change> = rolled
@@ -185,6 +190,7 @@ fn skip(
 struct Roller<'a> {
     executor: &'a Executor,
     plan: &'a Plan,
+    topology: &'a Topology,
     cancel: &'a Cancel,
     on_event: &'a (dyn Fn(&ApplyEvent) + Send + Sync),
     binary: OnceCell<Option<crate::edge::EdgeBinary>>,
@@ -249,6 +255,7 @@ impl Roller<'_> {
             async move {
                 let mut ready = Vec::new();
                 for change in batch {
+                    self.weigh(resource, change, 0).await?;
                     let prepared = self.prepare(resource, change).await;
                     match prepared {
                         Ok((undo, runnable)) => {
@@ -272,7 +279,8 @@ impl Roller<'_> {
                 if let Some(failure) = failure {
                     return Err(failure);
                 }
-                let gates = join_all(batch.iter().map(|c| self.gate(resource, c, watch))).await;
+                let gates =
+                    join_all(batch.iter().map(|c| self.gate(resource, c, Some(watch)))).await;
                 for (change, gate) in batch.iter().zip(gates) {
                     if let Err(reason) = gate {
                         steps.lock().map_err(|_| "poisoned")?.push(StepOutcome {
@@ -284,6 +292,10 @@ impl Roller<'_> {
                         });
                         return Err(reason);
                     }
+                }
+                // Passed: the batch gets its traffic back.
+                for change in batch {
+                    self.weigh(resource, change, 1).await?;
                 }
                 Ok(())
             }
@@ -342,7 +354,25 @@ impl Roller<'_> {
                     reason,
                 }
             }
-            Some(reason) => self.undo_all(&undos, reason).await,
+            Some(reason) => {
+                let result = self.undo_all(&undos, reason).await;
+                // The old version is back: once it passes its check again, it gets its
+                // traffic back too.
+                for (change, _) in &undos {
+                    if !self.services(resource).is_empty()
+                        && let Err(problem) = self.gate(resource, change, None).await
+                    {
+                        self.progress(
+                            change,
+                            format!("the old version is not healthy either: {problem}"),
+                        );
+                    }
+                    if let Err(problem) = self.weigh(resource, change, 1).await {
+                        self.progress(change, format!("cannot give its traffic back: {problem}"));
+                    }
+                }
+                result
+            }
         };
         (outcome, rollout)
     }
@@ -416,6 +446,52 @@ impl Roller<'_> {
         }
     }
 
+    /// The edge services that route to `resource` (as the edge's desire names them).
+    fn services(&self, resource: &Resource) -> Vec<String> {
+        let routed: Vec<u16> = resource
+            .networks
+            .iter()
+            .flat_map(|n| &n.expose)
+            .filter(|e| crate::edge::through_edge(e, resource.replicas))
+            .map(|e| e.port)
+            .collect();
+        match routed.as_slice() {
+            [] => Vec::new(),
+            [_] => vec![resource.name.clone()],
+            ports => ports
+                .iter()
+                .map(|p| format!("{}-{p}", resource.name))
+                .collect(),
+        }
+    }
+
+    /// Sets the edge weight of one instance in every service of its resource: 0
+    /// drains it first (in-flight requests finish), 1 gives it its traffic back.
+    /// Resources not behind the edge have nothing to do.
+    async fn weigh(&self, resource: &Resource, change: &Change, weight: u32) -> Result<(), String> {
+        let services = self.services(resource);
+        if services.is_empty() {
+            return Ok(());
+        }
+        let client = self.client(change)?;
+        let edge = crate::edge::Edge::connect(
+            client,
+            crate::edge::edge_instance_name(&self.topology.name),
+        )
+        .with_timeout(self.timeout());
+        for service in &services {
+            let result = if weight == 0 {
+                self.progress(change, format!("draining it on the edge ({service})"));
+                edge.drain(service, &change.name).await.map(drop)
+            } else {
+                self.progress(change, format!("weight {weight} on the edge ({service})"));
+                edge.set_weights(service, &[(&change.name, weight)]).await
+            };
+            result.map_err(|e| error_chain(&e))?;
+        }
+        Ok(())
+    }
+
     async fn binary(&self) -> Option<crate::edge::EdgeBinary> {
         self.binary
             .get_or_init(|| async { crate::edge::locate_binary(None).ok() })
@@ -428,7 +504,7 @@ impl Roller<'_> {
         &self,
         resource: &Resource,
         change: &Change,
-        watch: &OnceCell<Result<CrashWatch, String>>,
+        watch: Option<&OnceCell<Result<CrashWatch, String>>>,
     ) -> Result<(), String> {
         let Some(health) = &resource.strategy.health else {
             return Ok(());
@@ -471,25 +547,31 @@ impl Roller<'_> {
             .prepare(&on_health)
             .await
             .map_err(|e| error_chain(&e))?;
-        let watch = watch
-            .get_or_init(|| async {
-                CrashWatch::start(client, crate::health::WatchOptions::default())
+        let watch = match watch {
+            Some(cell) => {
+                let watch = cell
+                    .get_or_init(|| async {
+                        CrashWatch::start(client, crate::health::WatchOptions::default())
+                            .await
+                            .map_err(|e| error_chain(&e))
+                    })
                     .await
-                    .map_err(|e| error_chain(&e))
-            })
-            .await
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let release = match &change.target {
-            Some(Target::Instance(desired)) => desired.release.as_ref(),
-            _ => None,
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                let release = match &change.target {
+                    Some(Target::Instance(desired)) => desired.release.as_ref(),
+                    _ => None,
+                };
+                watch
+                    .watch(&change.name, release, None)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Some(watch)
+            }
+            None => None,
         };
-        watch
-            .watch(&change.name, release, None)
-            .await
-            .map_err(|e| error_chain(&e))?;
         let outcome = HealthGate::new(spec)
-            .wait(&change.name, &source, Some(watch), &on_health)
+            .wait(&change.name, &source, watch, &on_health)
             .await;
         if outcome.is_healthy() {
             Ok(())
