@@ -278,10 +278,8 @@ fn main() {
         .unwrap();
     // Bounded in time: a daemon that stops answering ends the run with a message.
     let limit = Duration::from_secs(900);
-    if rt
-        .block_on(tokio::time::timeout(limit, real_main()))
-        .is_err()
-    {
+    let outcome = rt.block_on(async { tokio::time::timeout(limit, real_main()).await });
+    if outcome.is_err() {
         eprintln!(
             "incus-api benchmark: gave up after {} s (the daemon stopped answering?)",
             limit.as_secs()
@@ -293,10 +291,9 @@ fn main() {
 async fn real_main() {
     let sock = socket();
     let client = Client::unix(&sock).unwrap();
-    let info = client
-        .server()
-        .get()
+    let info = tokio::time::timeout(Duration::from_secs(30), client.server().get())
         .await
+        .expect("the Incus daemon did not answer GET /1.0 within 30 s")
         .expect("the Incus daemon answers");
     println!(
         "incus-api benchmark against Incus {} at {} (image {}), {} instances",
