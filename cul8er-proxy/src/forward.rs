@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -34,8 +34,32 @@ pub(crate) struct RequestContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listener: Arc<str>,
     pub(crate) forwarding: Forwarding,
-    pub(crate) tunnels: mpsc::UnboundedSender<Tunnel>,
+    pub(crate) tunnels: Tunnels,
     pub(crate) activity: Arc<Activity>,
+}
+
+/// Upgraded connections handed to their client connection, which runs them. Nothing
+/// is allocated until the first one: most connections never upgrade.
+#[derive(Default)]
+pub(crate) struct Tunnels {
+    pending: Mutex<Vec<Tunnel>>,
+    pub(crate) added: Notify,
+}
+
+impl Tunnels {
+    fn push(&self, tunnel: Tunnel) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tunnel);
+        // A permit is kept when nobody waits, so a tunnel is never left behind.
+        self.added.notify_one();
+    }
+
+    /// The tunnels handed over since the last call.
+    pub(crate) fn take(&self) -> Vec<Tunnel> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// The body of a response the proxy sends to its client.
@@ -372,7 +396,7 @@ async fn forward(
                             }
                             drop(guard);
                         });
-                        let _ = context.tunnels.send(tunnel);
+                        context.tunnels.push(tunnel);
                     }
                     let (parts, _) = response.into_parts();
                     return Response::from_parts(parts, ProxyBody::Local(None));

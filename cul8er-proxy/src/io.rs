@@ -118,18 +118,58 @@ impl<S> PrefixedIo<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> PrefixedIo<S> {
+    /// Reads until the first bytes tell HTTP/2's connection preface from anything
+    /// else (HTTP/1.x): true for HTTP/2. The bytes read are replayed.
+    ///
+    /// # Errors
+    /// The stream's error, or `UnexpectedEof` when it closes first.
+    pub(crate) async fn sniff_http2(&mut self) -> io::Result<bool> {
+        let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+        buf.extend_from_slice(&self.prefix);
+        loop {
+            let seen = buf.len().min(H2_PREFACE.len());
+            if buf[..seen] != H2_PREFACE[..seen] {
+                break;
+            }
+            if seen == H2_PREFACE.len() {
+                break;
+            }
+            if self.inner.read_buf(&mut buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let http2 = buf.starts_with(H2_PREFACE);
+        self.prefix = buf.freeze();
+        Ok(http2)
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix.split_to(n));
+        if self.prefix.is_empty() {
+            // Let go of the buffer the prefix was read into.
+            self.prefix = Bytes::new();
+            // Whatever else has arrived comes in the same read, so that a request
+            // head is parsed in one piece (and hyper's read buffer is not grown for
+            // a second read). A pending or failed read shows again on the next call.
+            if buf.remaining() > 0 {
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -275,7 +315,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn parse(input: &[u8]) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
         let (mut io, addr) = read_proxy_header(input, Duration::from_secs(1)).await?;
@@ -313,6 +353,37 @@ mod tests {
         let (addr, rest) = parse(&input).await.unwrap();
         assert_eq!(addr, Some("[2001:db8::7]:5555".parse().unwrap()));
         assert_eq!(rest, b"hello");
+    }
+
+    #[tokio::test]
+    async fn sniffing_tells_http2_from_http1_and_replays_everything_in_one_read() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut io = PrefixedIo::new(server);
+        assert!(!io.sniff_http2().await.unwrap());
+        // The sniffed bytes and what followed them come back together, so a request
+        // head is parsed from one read.
+        let mut buf = [0_u8; 64];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(b"frames").await.unwrap();
+        let mut io = PrefixedIo::new(server);
+        assert!(io.sniff_http2().await.unwrap());
+        drop(client);
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [H2_PREFACE, b"frames"].concat());
+
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let err = PrefixedIo::new(server).sniff_http2().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

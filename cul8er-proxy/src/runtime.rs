@@ -234,7 +234,9 @@ pub(crate) struct Snapshot {
 /// dropping the [`Proxy`] ends every task.
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) server: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    /// How client connections are served, by the protocol their first bytes show.
+    pub(crate) http1: hyper::server::conn::http1::Builder,
+    pub(crate) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 struct RunningListener {
@@ -314,12 +316,12 @@ impl Proxy {
         config: ProxyConfig,
         workers: Option<Arc<WorkerPool>>,
     ) -> Result<Self, ProxyError> {
-        let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
-        server.http2().timer(TokioTimer::new());
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
         let empty = Snapshot {
             config: Arc::new(ProxyConfig::default()),
             services: HashMap::new(),
@@ -328,7 +330,8 @@ impl Proxy {
         let proxy = Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(empty),
-                server,
+                http1,
+                http2,
             }),
             control: Arc::new(tokio::sync::Mutex::new(Control::default())),
             tasks: Arc::new(Mutex::new(Tasks {

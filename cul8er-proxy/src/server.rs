@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +108,7 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     let (io, client) = if listener.config.proxy_protocol {
-        match read_proxy_header(stream, PROXY_HEADER_TIMEOUT).await {
+        match Box::pin(read_proxy_header(stream, PROXY_HEADER_TIMEOUT)).await {
             Ok((io, source)) => (io, source.unwrap_or(peer)),
             Err(error) => {
                 tracing::debug!(listener = %name, %peer, %error, "connection refused");
@@ -119,22 +118,54 @@ async fn serve_connection(
     } else {
         (PrefixedIo::new(stream), peer)
     };
+    // Each kind of connection is boxed on its own: an async fn's state is as large as
+    // its largest branch, and a plain HTTP connection would otherwise carry the room
+    // for a TLS session and a TCP pump for as long as it stays open.
     match listener.config.mode {
-        ListenerMode::Tcp => serve_tcp(&shared, &listener, io).await,
+        ListenerMode::Tcp => Box::pin(serve_tcp(&shared, &listener, io)).await,
         ListenerMode::Http => match &listener.tls {
             Some(acceptor) => {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => {
-                        serve_http(shared, name, &listener, tls, client, true, stop).await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(listener = %name, %peer, %error, "TLS handshake failed");
-                    }
-                    Err(_) => tracing::debug!(listener = %name, %peer, "TLS handshake timed out"),
-                }
+                Box::pin(serve_https(
+                    shared, name, &listener, acceptor, io, client, peer, stop,
+                ))
+                .await;
             }
-            None => serve_http(shared, name, &listener, io, client, false, stop).await,
+            None => Box::pin(serve_http(shared, name, &listener, io, client, false, stop)).await,
         },
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's parts, passed on once"
+)]
+async fn serve_https(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    listener: &ListenerRuntime,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: PrefixedIo<TcpStream>,
+    client: SocketAddr,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => {
+            serve_http(
+                shared,
+                name,
+                listener,
+                PrefixedIo::new(tls),
+                client,
+                true,
+                stop,
+            )
+            .await;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(listener = %name, %peer, %error, "TLS handshake failed");
+        }
+        Err(_) => tracing::debug!(listener = %name, %peer, "TLS handshake timed out"),
     }
 }
 
@@ -142,7 +173,7 @@ async fn serve_http<I>(
     shared: Arc<Shared>,
     name: Arc<str>,
     listener: &ListenerRuntime,
-    io: I,
+    mut io: PrefixedIo<I>,
     client: SocketAddr,
     tls: bool,
     stop: CancellationToken,
@@ -150,50 +181,129 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = listener.config.idle_timeout;
+    // The protocol is told by the first bytes (HTTP/2 with prior knowledge or by ALPN
+    // both start with its preface), and only that protocol's connection is built: it
+    // is smaller than one able to become either.
+    let http2 = tokio::select! {
+        sniffed = tokio::time::timeout(idle, io.sniff_http2()) => match sniffed {
+            Ok(Ok(http2)) => http2,
+            Ok(Err(error)) => {
+                tracing::debug!(%client, %error, "client connection ended before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%client, "client connection idle before a request; closing");
+                return;
+            }
+        },
+        () = stop.cancelled() => return,
+    };
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(io, activity.clone()));
-    let (tunnel_tx, mut tunnel_rx) = mpsc::unbounded_channel::<Tunnel>();
     let context = Arc::new(RequestContext {
         shared: shared.clone(),
         listener: name,
         forwarding: crate::forward::Forwarding::new(client.ip(), tls),
-        tunnels: tunnel_tx,
-        activity: activity.clone(),
+        tunnels: forward::Tunnels::default(),
+        activity,
     });
+    let watch = Watch {
+        client,
+        idle,
+        stop,
+        context: context.clone(),
+    };
     let service = hyper::service::service_fn(move |request| {
         let context = context.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&context, request).await) }
+        // Boxed, so that the connection keeps room for a request's state only while
+        // it has one: hyper holds the service future inline for the connection's life.
+        Box::pin(async move { Ok::<_, Infallible>(forward::handle(&context, request).await) })
     });
-    let connection = shared.server.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let mut tunnels = JoinSet::new();
-    let mut closing = false;
-    loop {
-        let idle_deadline = activity.deadline(idle);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%client, %error, "client connection ended with an error");
+    if http2 {
+        let connection = shared.http2.serve_connection(io, service);
+        watch.drive(Box::pin(connection)).await;
+    } else {
+        let connection = shared.http1.serve_connection(io, service).with_upgrades();
+        watch.drive(Box::pin(connection)).await;
+    }
+}
+
+/// A served connection that can be asked to finish its current exchanges and close.
+trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// What a client connection is watched for besides its exchanges: the listener
+/// stopping, idleness, and upgraded tunnels to run.
+struct Watch {
+    client: SocketAddr,
+    idle: Duration,
+    stop: CancellationToken,
+    context: Arc<RequestContext>,
+}
+
+impl Watch {
+    async fn drive<C: GracefulConnection>(self, mut connection: Pin<Box<C>>) {
+        let mut tunnels = JoinSet::new();
+        let mut closing = false;
+        loop {
+            let idle_deadline = self.context.activity.deadline(self.idle);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(client = %self.client, %error, "client connection ended with an error");
+                    }
+                    break;
                 }
-                break;
-            }
-            () = stop.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            Some(tunnel) = tunnel_rx.recv() => { tunnels.spawn(tunnel); }
-            () = tokio::time::sleep_until(idle_deadline), if !closing => {
-                if activity.expired(idle) {
+                () = self.stop.cancelled(), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                () = self.context.tunnels.added.notified() => {
+                    for tunnel in self.context.tunnels.take() {
+                        tunnels.spawn(tunnel);
+                    }
+                }
+                () = tokio::time::sleep_until(idle_deadline), if !closing => {
+                    if self.context.activity.expired(self.idle) {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         }
+        for tunnel in self.context.tunnels.take() {
+            tunnels.spawn(tunnel);
+        }
+        while tunnels.join_next().await.is_some() {}
     }
-    while let Ok(tunnel) = tunnel_rx.try_recv() {
-        tunnels.spawn(tunnel);
-    }
-    while tunnels.join_next().await.is_some() {}
 }
 
 async fn serve_tcp<I>(shared: &Shared, listener: &ListenerRuntime, io: I)
