@@ -44,6 +44,10 @@ pub(crate) enum Command {
     List(ListArgs),
     /// Bring an existing instance under management as a replica of RESOURCE.
     Import(ImportArgs),
+    /// List the revisions: version, time, strategy and outcome.
+    History(TopologyArgs),
+    /// Return to the previous good revision (or `--to REVISION`), through its strategy.
+    Rollback(RollbackArgs),
     /// Inspect or break the lease that keeps two applies apart.
     #[command(subcommand)]
     Lock(LockCommand),
@@ -107,6 +111,23 @@ pub(crate) struct ApplyArgs {
     pub(crate) parallelism: u16,
 
     /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+}
+
+/// `cul8er rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    pub(crate) topology: TopologyArgs,
+    /// The revision to return to (`cul8er history` lists them); default: the good
+    /// revision before the one serving now.
+    #[arg(long, value_name = "REVISION")]
+    pub(crate) to: Option<String>,
+    /// Steps run at once at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) parallelism: u16,
+    /// Roll back without asking for confirmation.
     #[arg(long)]
     pub(crate) auto_approve: bool,
 }

@@ -2,6 +2,8 @@
 //!
 //! 0: done. 1: the user's input is wrong (a topology with problems, a file not in
 //! canonical form under `--check`, a missing file). 2: something unexpected failed.
+//! 3: a rollout failed its gate and was rolled back (the old version serves). 4: a
+//! rollout stopped for the operator (rollback `manual`, or the rollback itself failed).
 //! 130: interrupted by Ctrl-C.
 
 use std::process::ExitCode;

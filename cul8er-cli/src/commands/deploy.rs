@@ -52,7 +52,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
 }
 
 /// Reads and validates the topology; problems are printed as diagnostics.
-fn load(file: &Path, name: Option<&str>, settings: &Settings) -> Result<Topology, Outcome> {
+pub(super) fn load(
+    file: &Path,
+    name: Option<&str>,
+    settings: &Settings,
+) -> Result<Topology, Outcome> {
     let source = read_file(file)?;
     let env = process_env;
     let mut options = LoadOptions::new(&env);
@@ -65,7 +69,7 @@ fn load(file: &Path, name: Option<&str>, settings: &Settings) -> Result<Topology
     })
 }
 
-fn state_dir(file: &Path, given: Option<&PathBuf>) -> StateDir {
+pub(super) fn state_dir(file: &Path, given: Option<&PathBuf>) -> StateDir {
     given.map_or_else(|| StateDir::beside(file), StateDir::new)
 }
 
@@ -75,7 +79,7 @@ fn connect(args: &TopologyArgs, settings: &Settings) -> Result<Deployment, Outco
 }
 
 /// Sorts a library error into the user's mistake (exit 1) or an unexpected failure.
-fn failure(error: DeployError) -> Outcome {
+pub(super) fn failure(error: DeployError) -> Outcome {
     let text = cul8er_core::execute::error_chain(&error);
     match &error {
         DeployError::Desire { .. }
@@ -126,7 +130,7 @@ fn stdout_color(settings: &Settings) -> bool {
     settings.color && std::io::stdout().is_terminal()
 }
 
-fn print_json(value: &impl Serialize) -> Result<(), Outcome> {
+pub(super) fn print_json(value: &impl Serialize) -> Result<(), Outcome> {
     let json = serde_json::to_string_pretty(value).map_err(|e| Outcome::Unexpected(e.into()))?;
     print_stdout(&format!("{json}\n"));
     Ok(())
@@ -272,7 +276,7 @@ pub(crate) fn apply(args: &ApplyArgs, settings: &Settings) -> Outcome {
     )
 }
 
-fn run_apply(
+pub(super) fn run_apply(
     deployment: &Deployment,
     saved: Option<Plan>,
     destroy: Option<bool>,
@@ -371,6 +375,24 @@ fn run_apply(
                 failed.step,
                 failed.error.as_deref().unwrap_or("failed")
             ));
+        }
+    }
+    if let Some(rollout) = &report.rollout {
+        use cul8er_core::rollout::RolloutResult;
+        match &rollout.result {
+            RolloutResult::Succeeded => {}
+            RolloutResult::RolledBack { reason } => {
+                settings.eprint_line(&format!(
+                    "Rolled back: {reason}. The previous version serves again; revision {} is \
+                     recorded as rolled back (`cul8er history`).",
+                    report.revision
+                ));
+                return Outcome::Code(3);
+            }
+            RolloutResult::Failed { reason, next } => {
+                settings.eprint_line(&format!("Rollout stopped: {reason}. {next}."));
+                return Outcome::Code(4);
+            }
         }
     }
     if outcome.cancelled {

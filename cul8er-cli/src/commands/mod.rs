@@ -3,6 +3,7 @@
 mod deploy;
 mod fmt;
 mod remote;
+mod rollout;
 mod validate;
 
 use crate::cli::Command;
@@ -20,6 +21,8 @@ pub(crate) fn run(command: Command, settings: &Settings) -> Outcome {
         Command::Destroy(args) => deploy::destroy(&args, settings),
         Command::List(args) => deploy::list(&args, settings),
         Command::Import(args) => deploy::import(&args, settings),
+        Command::History(args) => rollout::history(&args, settings),
+        Command::Rollback(args) => rollout::rollback(&args, settings),
         Command::Lock(command) => deploy::lock(&command, settings),
         Command::Remote(command) => remote::run(&command, settings),
     }
