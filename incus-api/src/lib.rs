@@ -4,6 +4,18 @@
 //! certificate and a pinned server certificate, and knows nothing about cul8er's
 //! topologies: it is the one place where the Incus protocol and its quirks live.
 //!
+//! - [`Client`] is one cheap-to-clone handle; [`Client::project`] and
+//!   [`Client::target`] give scoped clones. Typed handles per API area hang off it:
+//!   [`Client::instances`] (with snapshots, files, exec), [`Client::operations`],
+//!   [`Client::events`], [`Client::profiles`], `networks()`, [`Client::network_acls`],
+//!   [`Client::images`], [`Client::storage`], `storage_volumes(pool)`, `projects()`,
+//!   [`Client::certificates`], [`Client::cluster`], [`Client::server`].
+//! - Calls that start background work return a [`PendingOperation`]: wait for it with
+//!   a deadline, or follow it on an [`events::EventStream`] opened before the call.
+//! - Remote servers: [`trust`] fetches and checks the server certificate, redeems trust
+//!   tokens and generates client certificates; [`ClientBuilder::https`] pins it.
+//! - Every failure is an [`Error`] that keeps Incus's status and message.
+//!
 //! ```no_run
 //! # async fn demo() -> incus_api::Result<()> {
 //! let client = incus_api::Client::local()?;
