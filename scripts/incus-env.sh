@@ -281,12 +281,12 @@ ensure_daemon() {
         step "start incusd ($dir)" "read the daemon log below; stop any process holding $dir/unix.socket" "$log"
         say "starting incusd for $dir (log $log)"
         mkdir -p "$dir" "$(dirname "$log")"
-        # The cluster daemons exist for tests only: their outbound HTTP(S) (the daily
-        # instance-type refresh from the public image server) goes to a proxy address
-        # where nothing listens, so they never look up or reach anything off the machine.
-        # Incus never proxies loopback, so loopback image servers in tests still work.
-        local proxy=()
-        [ "$dir" = "$MAIN_DIR" ] || proxy=(HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9)
+        # A daemon started here (no service manager: a test machine) sends its outbound
+        # HTTP(S) (the instance-type refresh from the public image server at start) to a
+        # proxy address where nothing listens, so it looks up and reaches nothing off the
+        # machine. Incus never proxies loopback: loopback image servers in tests still
+        # work. A core.proxy_https setting overrides this.
+        local proxy=(HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9)
         # 9>&-: the daemon must not inherit the lock of this script (see lock()).
         env INCUS_DIR="$dir" "${proxy[@]}" setsid "$incusd" --group root --logfile "$log" \
             </dev/null >>"$log.out" 2>&1 9>&- &
