@@ -7,8 +7,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -270,39 +272,102 @@ struct Watch {
 }
 
 impl Watch {
+    /// Serves `connection` to its end. The watched events are polled only when one
+    /// of them woke the task: a connection is woken several times per request, and
+    /// polling a timer and two notifications each time cost more than the wake itself.
     async fn drive<C: GracefulConnection>(self, mut connection: Pin<Box<C>>) {
+        let context = &self.context;
+        let side = Arc::new(SideWake {
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        let side_waker = Waker::from(side.clone());
         let mut tunnels = JoinSet::new();
         let mut closing = false;
-        loop {
-            let idle_deadline = self.context.activity.deadline(self.idle);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(client = %self.client, %error, "client connection ended with an error");
-                    }
-                    break;
+        let mut stop = pin!(self.stop.cancelled());
+        let mut idle = pin!(tokio::time::sleep_until(
+            context.activity.deadline(self.idle)
+        ));
+        let mut added = pin!(context.tunnels.added.notified());
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            side.register(cx.waker());
+            if !side.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut side_cx = Context::from_waker(&side_waker);
+            while added.as_mut().poll(&mut side_cx).is_ready() {
+                for tunnel in context.tunnels.take() {
+                    tunnels.spawn(tunnel);
                 }
-                () = self.stop.cancelled(), if !closing => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = self.context.tunnels.added.notified() => {
-                    for tunnel in self.context.tunnels.take() {
-                        tunnels.spawn(tunnel);
-                    }
-                }
-                () = tokio::time::sleep_until(idle_deadline), if !closing => {
-                    if self.context.activity.expired(self.idle) {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
+                added.set(context.tunnels.added.notified());
+            }
+            if closing {
+                return Poll::Pending;
+            }
+            let mut shut = stop.as_mut().poll(&mut side_cx).is_ready();
+            while !shut && idle.as_mut().poll(&mut side_cx).is_ready() {
+                if context.activity.expired(self.idle) {
+                    shut = true;
+                } else {
+                    // Busy (a request in flight) or active since: wait again, never
+                    // for a deadline already past.
+                    let now = Instant::now();
+                    let deadline = context.activity.deadline(self.idle);
+                    idle.as_mut().reset(if deadline > now {
+                        deadline
+                    } else {
+                        now + self.idle
+                    });
                 }
             }
+            if shut {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                // The connection acts on the shutdown when polled again.
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::debug!(client = %self.client, %error, "client connection ended with an error");
         }
-        for tunnel in self.context.tunnels.take() {
+        for tunnel in context.tunnels.take() {
             tunnels.spawn(tunnel);
         }
         while tunnels.join_next().await.is_some() {}
+    }
+}
+
+/// The waker of what a connection watches besides its exchanges: it records that one
+/// of them woke, then wakes the connection's task.
+struct SideWake {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl SideWake {
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !task.as_ref().is_some_and(|known| known.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
     }
 }
 
