@@ -15,9 +15,14 @@ setup *args:
 teardown:
     bash scripts/incus-env.sh down
 
-# Show the client working against the local Incus (the demo deploy arrives with `apply`).
-demo: setup
-    cargo run --quiet -p cul8er-cli -- --help
+# Deploy examples/demo.kdl on the local Incus for real (every published port listens on
+# 127.0.0.1 only), then show its status. `cul8er destroy examples/demo.kdl` removes it.
+demo: setup proxy-static
+    cargo build --quiet -p cul8er-cli
+    CUL8ER_PROXY_BINARY=target/x86_64-unknown-linux-gnu/release/cul8er-proxy target/debug/cul8er apply examples/demo.kdl --auto-approve
+    target/debug/cul8er status examples/demo.kdl
+    @echo "The api answers on http://127.0.0.1:18081/ and web on http://127.0.0.1:18080/ (through the edge)."
+    @echo "Remove it with: target/debug/cul8er destroy examples/demo.kdl --auto-approve"
 
 # Every test: unit, decoding, and live against the real Incus environment (CUL8ER_TEST_* variables).
 test: setup proxy-static
@@ -47,7 +52,7 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup bench-proxy bench-topology bench-incus-api
+bench: setup bench-proxy bench-topology bench-incus-api bench-apply
     @echo "no benchmarks yet"
 
 # GET /1.0 and instance-list latency, and launching/deleting 20 containers: incus-api vs
@@ -67,3 +72,8 @@ bench-topology:
 fuzz SECONDS="300":
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
     cd fuzz && cargo +nightly fuzz run topology -- -max_total_time={{SECONDS}} -max_len=4096
+
+# Apply from nothing (30 instances, then with a release on each) against incus-benchmark
+# and a sequential `incus launch` loop, and the planner alone on 1,000 and 10,000 resources.
+bench-apply: proxy-static
+    bash bench/apply/run.sh
