@@ -57,6 +57,17 @@ pub enum DeployError {
         /// The remote.
         remote: String,
     },
+    /// A host's remote cannot be used.
+    #[error("cannot connect to host {host} through remote `{remote}`")]
+    Remote {
+        /// The host.
+        host: String,
+        /// The remote.
+        remote: String,
+        /// Why.
+        #[source]
+        source: Box<crate::remote::RemoteError>,
+    },
     /// Reading Incus failed.
     #[error(transparent)]
     Observe(#[from] ObserveError),
@@ -196,13 +207,19 @@ pub struct DeploymentSummary {
     pub revision: Option<String>,
 }
 
-/// A client for `host` as the topology describes it.
+/// A client for `host` as the topology describes it; remotes are looked up in
+/// `remotes` (`cul8er remote add`).
 ///
 /// # Errors
 ///
 /// [`DeployError::Connect`] when the local socket cannot be found,
-/// [`DeployError::UnknownRemote`] for a remote that is not configured.
-pub fn connect_host(topology: &Topology, host: &str) -> Result<incus_api::Client, DeployError> {
+/// [`DeployError::UnknownRemote`] without a remote store, [`DeployError::Remote`] for
+/// a remote that is not in it or whose files are damaged.
+pub fn connect_host(
+    topology: &Topology,
+    host: &str,
+    remotes: Option<&crate::remote::RemoteStore>,
+) -> Result<incus_api::Client, DeployError> {
     let declared = topology.host(host);
     let endpoint = declared.map_or(&Endpoint::Local, |h| &h.endpoint);
     let connect_error = |source: incus_api::Error| DeployError::Connect {
@@ -213,12 +230,19 @@ pub fn connect_host(topology: &Topology, host: &str) -> Result<incus_api::Client
     let client = match endpoint {
         Endpoint::Local => incus_api::Client::local().map_err(connect_error)?,
         Endpoint::Socket { path } => incus_api::Client::unix(path).map_err(connect_error)?,
-        Endpoint::Remote { remote } => {
-            return Err(DeployError::UnknownRemote {
+        Endpoint::Remote { remote } => match remotes {
+            Some(store) => store.client(remote).map_err(|source| DeployError::Remote {
                 host: host.to_owned(),
                 remote: remote.clone(),
-            });
-        }
+                source: Box::new(source),
+            })?,
+            None => {
+                return Err(DeployError::UnknownRemote {
+                    host: host.to_owned(),
+                    remote: remote.clone(),
+                });
+            }
+        },
     };
     Ok(match declared.and_then(|h| h.project.as_deref()) {
         Some(project) => client.project(project),
@@ -240,15 +264,37 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Binds `topology` to clients made from its hosts' endpoints.
+    /// Binds `topology` to clients made from its hosts' endpoints, with remotes from
+    /// the default remote store (`$CUL8ER_CONFIG_DIR`, `$XDG_CONFIG_HOME/cul8er` or
+    /// `~/.config/cul8er`).
     ///
     /// # Errors
     ///
     /// As [`connect_host`].
     pub fn connect(topology: Topology, state: StateDir) -> Result<Self, DeployError> {
+        let store = crate::remote::RemoteStore::default_dir(|k| std::env::var_os(k))
+            .ok()
+            .map(crate::remote::RemoteStore::new);
+        Self::connect_with(topology, state, store.as_ref())
+    }
+
+    /// Binds `topology` to clients made from its hosts' endpoints, with remotes from
+    /// `remotes`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_host`].
+    pub fn connect_with(
+        topology: Topology,
+        state: StateDir,
+        remotes: Option<&crate::remote::RemoteStore>,
+    ) -> Result<Self, DeployError> {
         let mut clients = BTreeMap::new();
         for host in &topology.hosts {
-            clients.insert(host.name.clone(), connect_host(&topology, &host.name)?);
+            clients.insert(
+                host.name.clone(),
+                connect_host(&topology, &host.name, remotes)?,
+            );
         }
         Ok(Self::with_clients(topology, clients, state))
     }
@@ -435,7 +481,7 @@ impl Deployment {
                 }
             }
         }
-        let revision = format!("{:06}", lease.next_revision().await?);
+        let revision = crate::lock::revision_id(std::time::SystemTime::now());
         self.state
             .write_record(topology, &revision, "topology", &self.topology)?;
         self.state.write_record(topology, &revision, "plan", plan)?;

@@ -1,14 +1,18 @@
 //! Locks: a local lock file, and a lease held on the Incus server itself so that two
 //! operators on two machines cannot change one topology at once.
 //!
-//! The lease is the project config key `user.cul8er.lease.<topology>`, a JSON record
-//! of its holder (`user@host`, pid) and expiry, taken with an ETag compare-and-swap on
-//! `PUT /1.0/projects/<name>`: of two operators who read the same project, only the
-//! first write succeeds, the second gets 412 and reads again. The lease is renewed
-//! while an apply runs and expires by itself when its holder dies.
+//! The lease is an Incus profile, `cul8er-lease-<topology>`, in the topology's
+//! project on its first host: it exists while an apply runs and carries a JSON
+//! record of its holder (`user@host`, pid) and expiry in `user.cul8er.lease`.
+//! Creating it is atomic — Incus refuses a second profile of one name — which an ETag
+//! compare-and-swap on the project config is not: on Incus 6.0.4 two concurrent
+//! `PUT /1.0/projects/<name>` with the same `If-Match` both succeed (the check and
+//! the write are separate transactions; measured, see `tests/live_apply.rs`). The
+//! lease is renewed while an apply runs, and a lease whose holder died lapses at its
+//! expiry and is taken over.
 //!
-//! The revision counter lives beside it (`user.cul8er.revisions.<topology>`) and is
-//! incremented under the lease, so revision ids never collide between operators.
+//! Revision ids are UTC times to the millisecond ([`revision_id`]): they sort, and
+//! the lease keeps two applies of one topology apart, so they never collide.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -210,17 +214,14 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The project key of a topology's lease.
+/// The name of the Incus profile that is a topology's lease while it exists.
 #[must_use]
-pub fn lease_key(topology: &str) -> String {
-    format!("user.cul8er.lease.{topology}")
+pub fn lease_profile(topology: &str) -> String {
+    format!("cul8er-lease-{topology}")
 }
 
-/// The project key of a topology's revision counter.
-#[must_use]
-pub fn revision_key(topology: &str) -> String {
-    format!("user.cul8er.revisions.{topology}")
-}
+/// The config key of the lease profile that holds the [`LeaseRecord`].
+pub const LEASE_KEY: &str = "user.cul8er.lease";
 
 /// Where a lease lives: a host's client and project.
 #[derive(Debug, Clone)]
@@ -235,7 +236,22 @@ pub struct LeaseScope {
     pub topology: String,
 }
 
+fn record_of(profile: &incus_api::profiles::Profile) -> Option<LeaseRecord> {
+    profile
+        .config
+        .get(LEASE_KEY)
+        .and_then(|v| serde_json::from_str(v).ok())
+}
+
 impl LeaseScope {
+    fn client(&self) -> incus_api::Client {
+        self.client.project(&self.project)
+    }
+
+    fn name(&self) -> String {
+        lease_profile(&self.topology)
+    }
+
     fn incus(&self, what: &str) -> impl FnOnce(incus_api::Error) -> LockError + '_ {
         let what = what.to_owned();
         move |source: incus_api::Error| LockError::Incus {
@@ -245,34 +261,111 @@ impl LeaseScope {
         }
     }
 
-    /// Changes the project config with a compare-and-swap, retrying on 412. `change`
-    /// edits the config or refuses with an error.
-    async fn swap<T>(
+    fn put(&self, record: &LeaseRecord) -> incus_api::profiles::ProfilePut {
+        incus_api::profiles::ProfilePut {
+            description: format!(
+                "cul8er lease on topology {}: exists while an apply runs",
+                self.topology
+            ),
+            config: HashMap::from([(
+                LEASE_KEY.to_owned(),
+                serde_json::to_string(record).unwrap_or_default(),
+            )]),
+            devices: HashMap::new(),
+        }
+    }
+
+    /// The lease profile and its ETag, `None` when nobody holds the lease.
+    async fn read(
         &self,
-        mut change: impl FnMut(&mut HashMap<String, String>) -> Result<T, LockError>,
-    ) -> Result<T, LockError> {
+    ) -> Result<Option<(incus_api::profiles::Profile, Option<String>)>, LockError> {
+        match self.client().profiles().get(&self.name()).await {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err((self.incus(&format!("read profile {}", self.name())))(e)),
+        }
+    }
+
+    /// The lease as the server holds it, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Incus`] when the profile cannot be read.
+    pub async fn status(&self) -> Result<Option<LeaseRecord>, LockError> {
+        Ok(self
+            .read()
+            .await?
+            .and_then(|(profile, _)| record_of(&profile)))
+    }
+
+    /// Takes the lease for `holder` for `ttl`.
+    ///
+    /// Creating the lease profile is the atomic step: Incus's database refuses a
+    /// second profile of the same name, so of two operators only one creates it.
+    /// (An ETag compare-and-swap on the project is not enough: on Incus 6.0.4 two
+    /// concurrent `PUT`s carrying the same `If-Match` both succeed.) A lapsed lease
+    /// is taken over with an ETag `PUT` of the profile.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Held`] naming the holder when another operator holds a lease that
+    /// has not lapsed.
+    pub async fn acquire(&self, holder: &Holder, ttl: Duration) -> Result<Lease, LockError> {
+        let client = self.client();
         for _ in 0..10 {
-            let (project, etag) = self
-                .client
-                .projects()
-                .get_with_etag(&self.project)
-                .await
-                .map_err(self.incus(&format!("read project {}", self.project)))?;
-            let mut put = incus_api::projects::ProjectPut {
-                description: project.description.clone(),
-                config: project.config.clone(),
+            let now = now();
+            let record = LeaseRecord {
+                holder: holder.clone(),
+                acquired: now,
+                expires: now + ttl.as_secs().max(1),
             };
-            let value = change(&mut put.config)?;
-            match self
-                .client
-                .projects()
-                .update(&self.project, &put, etag.as_deref())
+            match client
+                .profiles()
+                .create(&self.name(), &self.put(&record))
                 .await
             {
-                Ok(()) => return Ok(value),
-                Err(e) if e.is_precondition_failed() => {}
+                Ok(()) => {
+                    return Ok(Lease {
+                        scope: self.clone(),
+                        record,
+                        ttl,
+                    });
+                }
+                Err(e) if e.is_conflict() => {}
                 Err(e) => {
-                    return Err((self.incus(&format!("update project {}", self.project)))(e));
+                    return Err((self.incus(&format!("create profile {}", self.name())))(e));
+                }
+            }
+            let Some((profile, etag)) = self.read().await? else {
+                // Released between our create and our read: try again.
+                continue;
+            };
+            if let Some(existing) = record_of(&profile)
+                && existing.holder != *holder
+                && !existing.expired_at(now)
+            {
+                return Err(LockError::Held {
+                    topology: self.topology.clone(),
+                    host: self.host.clone(),
+                    holder: existing.holder,
+                    expires: existing.expires,
+                });
+            }
+            match client
+                .profiles()
+                .update(&self.name(), &self.put(&record), etag.as_deref())
+                .await
+            {
+                Ok(()) => {
+                    return Ok(Lease {
+                        scope: self.clone(),
+                        record,
+                        ttl,
+                    });
+                }
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => {}
+                Err(e) => {
+                    return Err((self.incus(&format!("update profile {}", self.name())))(e));
                 }
             }
         }
@@ -282,80 +375,20 @@ impl LeaseScope {
         })
     }
 
-    /// The lease as the server holds it, if any.
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::Incus`] when the project cannot be read.
-    pub async fn status(&self) -> Result<Option<LeaseRecord>, LockError> {
-        let (project, _) = self
-            .client
-            .projects()
-            .get_with_etag(&self.project)
-            .await
-            .map_err(self.incus(&format!("read project {}", self.project)))?;
-        Ok(project
-            .config
-            .get(&lease_key(&self.topology))
-            .and_then(|v| serde_json::from_str(v).ok()))
-    }
-
-    /// Takes the lease for `holder` for `ttl`.
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::Held`] naming the holder when another operator holds a lease that
-    /// has not lapsed.
-    pub async fn acquire(&self, holder: &Holder, ttl: Duration) -> Result<Lease, LockError> {
-        let key = lease_key(&self.topology);
-        let record = self
-            .swap(|config| {
-                let now = now();
-                if let Some(existing) = config
-                    .get(&key)
-                    .and_then(|v| serde_json::from_str::<LeaseRecord>(v).ok())
-                    && existing.holder != *holder
-                    && !existing.expired_at(now)
-                {
-                    return Err(LockError::Held {
-                        topology: self.topology.clone(),
-                        host: self.host.clone(),
-                        holder: existing.holder,
-                        expires: existing.expires,
-                    });
-                }
-                let record = LeaseRecord {
-                    holder: holder.clone(),
-                    acquired: now,
-                    expires: now + ttl.as_secs().max(1),
-                };
-                config.insert(
-                    key.clone(),
-                    serde_json::to_string(&record).unwrap_or_default(),
-                );
-                Ok(record)
-            })
-            .await?;
-        Ok(Lease {
-            scope: self.clone(),
-            record,
-            ttl,
-        })
-    }
-
     /// Removes the lease whoever holds it (`cul8er lock release --force`).
     ///
     /// # Errors
     ///
-    /// [`LockError::Incus`] when the project cannot be changed.
+    /// [`LockError::Incus`] when the profile cannot be deleted.
     pub async fn force_release(&self) -> Result<Option<LeaseRecord>, LockError> {
-        let key = lease_key(&self.topology);
-        self.swap(|config| {
-            Ok(config
-                .remove(&key)
-                .and_then(|v| serde_json::from_str(&v).ok()))
-        })
-        .await
+        let Some((profile, _)) = self.read().await? else {
+            return Ok(None);
+        };
+        match self.client().profiles().delete(&self.name()).await {
+            Ok(()) => Ok(record_of(&profile)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err((self.incus(&format!("delete profile {}", self.name())))(e)),
+        }
     }
 }
 
@@ -378,40 +411,44 @@ impl Lease {
     ///
     /// # Errors
     ///
-    /// [`LockError::Lost`] when someone else took the lease meanwhile.
+    /// [`LockError::Lost`] when the lease was released or taken over meanwhile.
     pub async fn renew(&mut self) -> Result<(), LockError> {
-        let key = lease_key(&self.scope.topology);
-        let mine = self.record.holder.clone();
-        let ttl = self.ttl;
-        let topology = self.scope.topology.clone();
-        self.record = self
-            .scope
-            .swap(|config| {
-                let current: Option<LeaseRecord> =
-                    config.get(&key).and_then(|v| serde_json::from_str(v).ok());
-                match current {
-                    Some(current) if current.holder == mine => {
-                        let record = LeaseRecord {
-                            expires: now() + ttl.as_secs().max(1),
-                            ..current
-                        };
-                        config.insert(
-                            key.clone(),
-                            serde_json::to_string(&record).unwrap_or_default(),
-                        );
-                        Ok(record)
-                    }
-                    other => Err(LockError::Lost {
-                        topology: topology.clone(),
-                        holder: other.map_or_else(
-                            || "nobody (it was released)".to_owned(),
-                            |r| r.holder.to_string(),
-                        ),
-                    }),
-                }
-            })
-            .await?;
-        Ok(())
+        let scope = &self.scope;
+        let lost = |holder: Option<LeaseRecord>| LockError::Lost {
+            topology: scope.topology.clone(),
+            holder: holder.map_or_else(
+                || "nobody (it was released)".to_owned(),
+                |r| r.holder.to_string(),
+            ),
+        };
+        let Some((profile, etag)) = scope.read().await? else {
+            return Err(lost(None));
+        };
+        let current = record_of(&profile);
+        if current.as_ref().map(|r| &r.holder) != Some(&self.record.holder) {
+            return Err(lost(current));
+        }
+        let record = LeaseRecord {
+            expires: now() + self.ttl.as_secs().max(1),
+            ..self.record.clone()
+        };
+        match scope
+            .client()
+            .profiles()
+            .update(&scope.name(), &scope.put(&record), etag.as_deref())
+            .await
+        {
+            Ok(()) => {
+                self.record = record;
+                Ok(())
+            }
+            Err(e) if e.is_precondition_failed() || e.is_not_found() => {
+                Err(lost(scope.status().await.ok().flatten()))
+            }
+            Err(e) => Err((scope.incus(&format!("update profile {}", scope.name())))(
+                e,
+            )),
+        }
     }
 
     /// Renews the lease every third of its time to live until `stop` is cancelled.
@@ -429,45 +466,56 @@ impl Lease {
         }
     }
 
-    /// Takes the next revision number from the server's counter.
+    /// Gives the lease back: deletes the lease profile if it is still ours.
     ///
     /// # Errors
     ///
-    /// [`LockError::Incus`] when the project cannot be changed.
-    pub async fn next_revision(&self) -> Result<u64, LockError> {
-        let key = revision_key(&self.scope.topology);
-        self.scope
-            .swap(|config| {
-                let next = config
-                    .get(&key)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + 1;
-                config.insert(key.clone(), next.to_string());
-                Ok(next)
-            })
-            .await
-    }
-
-    /// Gives the lease back.
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::Incus`] when the project cannot be changed.
+    /// [`LockError::Incus`] when the profile cannot be deleted.
     pub async fn release(self) -> Result<(), LockError> {
-        let key = lease_key(&self.scope.topology);
-        let mine = self.record.holder.clone();
-        self.scope
-            .swap(|config| {
-                let current: Option<LeaseRecord> =
-                    config.get(&key).and_then(|v| serde_json::from_str(v).ok());
-                if current.is_some_and(|c| c.holder == mine) {
-                    config.remove(&key);
+        let scope = &self.scope;
+        let Some((profile, _)) = scope.read().await? else {
+            return Ok(());
+        };
+        if record_of(&profile).is_some_and(|r| r.holder == self.record.holder) {
+            match scope.client().profiles().delete(&scope.name()).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err((scope.incus(&format!("delete profile {}", scope.name())))(
+                        e,
+                    ));
                 }
-                Ok(())
-            })
-            .await
+            }
+        }
+        Ok(())
     }
+}
+
+/// A revision id: the UTC time to the millisecond, `YYYYMMDDTHHMMSS.mmmZ`. Ids sort
+/// in time order, and two cannot collide for one topology: applies are serialized by
+/// the lease, and each takes longer than a millisecond.
+#[must_use]
+pub fn revision_id(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{:03}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
 }
 
 #[cfg(test)]
@@ -498,6 +546,14 @@ mod tests {
         // A lock file left by a process that no longer exists is taken over.
         fs_err::write(&path, serde_json::to_vec(&holder(u32::MAX - 1)).unwrap()).unwrap();
         let _lock = LocalLock::acquire(path, "demo", &me).unwrap();
+    }
+
+    #[test]
+    fn revision_ids_are_utc_times_that_sort() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_668_491_042);
+        assert_eq!(revision_id(at), "20261126T043451.042Z");
+        assert_eq!(revision_id(UNIX_EPOCH), "19700101T000000.000Z");
+        assert!(revision_id(at) < revision_id(at + Duration::from_millis(1)));
     }
 
     #[test]

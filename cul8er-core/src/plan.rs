@@ -51,6 +51,9 @@ pub enum ObjectKind {
     Volume,
     /// An instance.
     Instance,
+    /// An edge's traffic configuration (listeners, services, backends, weights),
+    /// applied after the instances it sends traffic to.
+    Edge,
 }
 
 impl ObjectKind {
@@ -61,6 +64,7 @@ impl ObjectKind {
             Self::Network => "network",
             Self::Volume => "volume",
             Self::Instance => "instance",
+            Self::Edge => "edge",
         }
     }
 }
@@ -169,6 +173,8 @@ pub enum Target {
     Volume(DesiredVolume),
     /// An instance.
     Instance(Box<DesiredInstance>),
+    /// An edge's traffic configuration.
+    Edge(Box<crate::edge::DesiredEdge>),
 }
 
 /// Counts by action.
@@ -415,19 +421,34 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut changes = Vec::new();
     let mut notes = desired.notes.clone();
     let empty = crate::observe::ObservedHost::default();
+    // Indexes of what each host holds, so that planning stays linear in size.
+    let mut by_name: BTreeMap<(&str, &str), &ObservedInstance> = BTreeMap::new();
+    let mut highest_replica: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for (host, state) in &observed.hosts {
+        for instance in &state.instances {
+            by_name.insert((host, &instance.name), instance);
+            if let (Some(resource), Some(replica)) = (
+                instance.key(KEY_RESOURCE),
+                instance
+                    .key(KEY_REPLICA)
+                    .and_then(|r| r.parse::<u32>().ok()),
+            ) {
+                let highest = highest_replica.entry((host, resource)).or_default();
+                *highest = (*highest).max(replica);
+            }
+        }
+    }
     let mut desired_instances: BTreeSet<(&str, &str)> = BTreeSet::new();
     for instance in &desired.instances {
         desired_instances.insert((&instance.host, &instance.name));
-        let host = observed.hosts.get(&instance.host).unwrap_or(&empty);
-        let found = host.instances.iter().find(|i| i.name == instance.name);
+        let found = by_name
+            .get(&(instance.host.as_str(), instance.name.as_str()))
+            .copied();
         // A missing replica below one that exists was deleted behind cul8er's back.
         let gap = found.is_none()
-            && host.instances.iter().any(|i| {
-                i.key(KEY_RESOURCE) == Some(instance.resource.as_str())
-                    && i.key(KEY_REPLICA)
-                        .and_then(|r| r.parse::<u32>().ok())
-                        .is_some_and(|r| r > instance.replica)
-            });
+            && highest_replica
+                .get(&(instance.host.as_str(), instance.resource.as_str()))
+                .is_some_and(|&highest| highest > instance.replica);
         changes.push(plan_instance(instance, found, gap));
     }
     for (host, state) in &observed.hosts {
@@ -567,6 +588,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
+    let (edges, edge_notes) = crate::edge::plan_edges(desired, observed);
+    changes.extend(edges);
+    notes.extend(edge_notes);
     Plan::new(desired.topology.clone(), changes, notes)
 }
 

@@ -6,9 +6,12 @@
 //! Incus adds, the revision key), then edited the way an operator or a topology
 //! change would.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use cul8er_core::desired::{self, DesireOptions, Desired, KEY_REVISION};
+use cul8er_core::edge::{Addresses, EdgeBinary, ObservedEdge};
 use cul8er_core::observe::{
     Observed, ObservedHost, ObservedInstance, ObservedNetwork, ObservedVolume,
 };
@@ -24,7 +27,14 @@ fn desire(source: &str) -> Desired {
     let env = |_: &str| None;
     let topology = topology::parse_one(source, "demo.kdl", &LoadOptions::new(&env))
         .expect("the topology is valid");
-    desired::desire(&topology, &DesireOptions::default()).expect("it can be planned")
+    let options = DesireOptions {
+        edge_binary: Some(EdgeBinary {
+            path: "/nowhere/cul8er-proxy".into(),
+            sha256: "ab".repeat(32),
+        }),
+        ..DesireOptions::default()
+    };
+    desired::desire(&topology, &options).expect("it can be planned")
 }
 
 /// What Incus reports once `desired` is deployed.
@@ -73,6 +83,28 @@ fn converged(desired: &Desired) -> Observed {
                 config: volume.config.clone(),
             });
     }
+    // The edge runs the configuration made from the replicas' bridge addresses.
+    for instance in &desired.instances {
+        let Some(edge) = instance.edge.as_deref() else {
+            continue;
+        };
+        let mut addresses = Addresses::new();
+        for (index, service) in edge.services.iter().enumerate() {
+            for (replica, backend) in service.backends.iter().enumerate() {
+                let ip = std::net::IpAddr::from([10, 181, 0, u8::try_from(10 * (index + 1) + replica).unwrap()]);
+                addresses
+                    .entry(backend.instance.clone())
+                    .or_default()
+                    .insert(service.nic.clone(), ip);
+            }
+        }
+        let config = cul8er_core::edge::proxy_config(edge, &addresses).expect("every backend has an address");
+        hosts.entry(edge.host.clone()).or_default().edge = Some(ObservedEdge {
+            addresses,
+            config: Some(config),
+            health: None,
+        });
+    }
     Observed {
         topology: desired.topology.clone(),
         hosts,
@@ -101,7 +133,10 @@ fn change<'a>(plan: &'a Plan, name: &str) -> &'a cul8er_core::plan::Change {
 fn nothing_deployed_creates_everything() {
     let desired = desire(&demo_source());
     let plan = plan::plan(&desired, &Observed::default());
-    assert_eq!(plan.summary.create, 6, "a network and five instances");
+    assert_eq!(
+        plan.summary.create, 8,
+        "a network, five instances, the edge and its configuration"
+    );
     assert!(!plan.changes.iter().any(|c| c.drift));
     insta::assert_snapshot!(plan.to_string());
 }
@@ -111,7 +146,7 @@ fn a_converged_deployment_plans_nothing() {
     let desired = desire(&demo_source());
     let plan = plan::plan(&desired, &converged(&desired));
     assert!(!plan.has_changes(), "{plan}");
-    assert_eq!(plan.summary.unchanged, 6);
+    assert_eq!(plan.summary.unchanged, 8);
     insta::assert_snapshot!(plan.to_string());
 }
 
@@ -294,10 +329,10 @@ fn destroy_keeps_volumes_unless_asked() {
             config: [("user.cul8er.topology".to_owned(), "demo".to_owned())].into(),
         });
     let keep = plan::plan_destroy(&observed, false);
-    assert_eq!(keep.summary.delete, 6);
+    assert_eq!(keep.summary.delete, 7, "six instances (the edge too) and the network");
     assert_eq!(change(&keep, "data").action, Action::Keep);
     let all = plan::plan_destroy(&observed, true);
-    assert_eq!(all.summary.delete, 7);
+    assert_eq!(all.summary.delete, 8);
     insta::assert_snapshot!(format!("{keep}\n---\n{all}"));
 }
 
@@ -342,6 +377,8 @@ fn the_same_world_gives_no_differences_and_a_moved_one_does() {
     assert_eq!(
         saved.differences(&plan::plan(&desired, &moved)),
         [
+            "local/edge/demo-edge",
+            "local/instance/demo-edge",
             "local/instance/demo-web-1",
             "local/instance/demo-web-2",
             "local/instance/demo-web-3",

@@ -84,6 +84,7 @@ pub(super) fn failure(error: DeployError) -> Outcome {
     match &error {
         DeployError::Desire { .. }
         | DeployError::UnknownRemote { .. }
+        | DeployError::Remote { .. }
         | DeployError::Lock(
             cul8er_core::lock::LockError::Held { .. }
             | cul8er_core::lock::LockError::HeldLocally { .. },
