@@ -261,6 +261,8 @@ pub struct Deployment {
     pub state: StateDir,
     /// Settings the topology does not carry.
     pub options: DesireOptions,
+    /// The directory relative release artifacts are found in: the topology file's.
+    pub artifact_base: Option<std::path::PathBuf>,
 }
 
 impl Deployment {
@@ -312,6 +314,7 @@ impl Deployment {
             clients,
             state,
             options: DesireOptions::default(),
+            artifact_base: None,
         }
     }
 
@@ -491,6 +494,7 @@ impl Deployment {
             options: ApplyOptions {
                 parallelism: request.parallelism,
                 revision: revision.clone(),
+                artifact_base: self.artifact_base.clone(),
                 ..ApplyOptions::default()
             },
         };

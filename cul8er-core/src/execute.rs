@@ -35,6 +35,9 @@ pub struct ApplyOptions {
     pub operation_timeout: Duration,
     /// The revision written into `user.cul8er.revision` on what changes.
     pub revision: String,
+    /// The directory relative release artifacts are found in (the topology file's);
+    /// `None` means the current directory.
+    pub artifact_base: Option<std::path::PathBuf>,
 }
 
 impl Default for ApplyOptions {
@@ -43,6 +46,7 @@ impl Default for ApplyOptions {
             parallelism: 8,
             operation_timeout: Duration::from_secs(120),
             revision: String::new(),
+            artifact_base: None,
         }
     }
 }
@@ -235,6 +239,17 @@ pub enum StepError {
         #[source]
         source: Box<ReleaseError>,
     },
+    /// The edge's traffic configuration could not be applied.
+    #[error("cannot configure edge {name} on host {host}")]
+    Edge {
+        /// The edge instance.
+        name: String,
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: Box<crate::edge::EdgeError>,
+    },
     /// The plan does not say what the object becomes, or names a host without a
     /// client.
     #[error("the plan cannot be applied: {0}")]
@@ -270,9 +285,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn phase(change: &Change) -> u8 {
     match (change.kind, change.action) {
-        (ObjectKind::Network | ObjectKind::Volume, Action::Delete) => 2,
+        (ObjectKind::Network | ObjectKind::Volume, Action::Delete) => 3,
         (ObjectKind::Network | ObjectKind::Volume, _) => 0,
         (ObjectKind::Instance, _) => 1,
+        // After the instances: the backends must run to have addresses.
+        (ObjectKind::Edge, _) => 2,
     }
 }
 
@@ -312,7 +329,7 @@ impl Executor {
         let mut phase_failed = false;
         let mut announced = false;
         let mut started_steps = std::collections::HashSet::new();
-        for current in 0..=2 {
+        for current in 0..=3 {
             let indices: Vec<usize> = (0..changes.len())
                 .filter(|&i| phase(changes[i]) == current)
                 .collect();
@@ -468,6 +485,16 @@ impl Executor {
                 self.put_volume(client, volume, change).await
             }
             (ObjectKind::Instance, _) => self.instance_step(client, change, waited, on_event).await,
+            (ObjectKind::Edge, Some(Target::Edge(edge))) => {
+                crate::edge::converge(client, edge, self.options.operation_timeout)
+                    .await
+                    .map(drop)
+                    .map_err(|source| StepError::Edge {
+                        name: change.name.clone(),
+                        host: change.host.clone(),
+                        source: Box::new(source),
+                    })
+            }
             _ => Err(StepError::Plan(format!(
                 "{} {} {} has no target spec",
                 change.action.as_str(),
@@ -818,8 +845,13 @@ impl Executor {
             .get(&desired.resource)
             .cloned()
             .unwrap_or_default();
-        crate::release::deploy(client, &desired.name, release, &env)
+        let options = crate::release::DeployOptions {
+            artifact_base: self.options.artifact_base.clone(),
+            ..crate::release::DeployOptions::default()
+        };
+        crate::release::deploy_with(client, &desired.name, release, &env, &options)
             .await
+            .map(drop)
             .map_err(|source| StepError::Release {
                 name: change.name.clone(),
                 host: change.host.clone(),

@@ -75,7 +75,18 @@ pub(super) fn state_dir(file: &Path, given: Option<&PathBuf>) -> StateDir {
 
 fn connect(args: &TopologyArgs, settings: &Settings) -> Result<Deployment, Outcome> {
     let topology = load(&args.file, args.topology.as_deref(), settings)?;
-    Deployment::connect(topology, state_dir(&args.file, args.state_dir.as_ref())).map_err(failure)
+    let mut deployment =
+        Deployment::connect(topology, state_dir(&args.file, args.state_dir.as_ref()))
+            .map_err(failure)?;
+    deployment.artifact_base = Some(topology_dir(&args.file));
+    Ok(deployment)
+}
+
+/// The directory of a topology file, where its relative artifacts are.
+fn topology_dir(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Sorts a library error into the user's mistake (exit 1) or an unexpected failure.
@@ -253,7 +264,10 @@ pub(crate) fn apply(args: &ApplyArgs, settings: &Settings) -> Outcome {
             Err(outcome) => return outcome,
         };
         match Deployment::connect(topology, StateDir::new(saved.state_dir)) {
-            Ok(d) => (d, Some(saved.plan), saved.destroy),
+            Ok(mut d) => {
+                d.artifact_base = Some(topology_dir(&saved.topology_file));
+                (d, Some(saved.plan), saved.destroy)
+            }
             Err(e) => return failure(e),
         }
     } else {
