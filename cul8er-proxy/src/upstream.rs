@@ -109,7 +109,10 @@ pub(crate) async fn acquire(
 ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
     match idle.checkout(max_idle) {
         Some(sender) => Ok(sender),
-        None => connect(address, connect_timeout).await,
+        // Boxed: connecting is the rare path, and its state (the connect and the
+        // handshake) would otherwise make every request's future larger, and so
+        // every move of it slower.
+        None => Box::pin(connect(address, connect_timeout)).await,
     }
 }
 
