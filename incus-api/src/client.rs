@@ -207,9 +207,19 @@ impl Client {
         authority: String,
         user_agent: HeaderValue,
     ) -> Self {
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector.clone());
+        let mut builder = HyperClient::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        if connector.is_unix() {
+            // incusd 6.0's unix listener peeks at the first bytes of each new connection
+            // inside its accept loop, so one connection that never sends a request
+            // stalls every other client of the daemon. A pooled client dials
+            // speculatively (it races a new connection against an idle one and keeps
+            // the loser idle), so on the socket every request gets a connection of its
+            // own that sends at once; a unix connect costs microseconds.
+            // Regression: `unix_socket_connections_never_sit_idle`.
+            builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build(connector.clone());
         Self {
             inner: Arc::new(Inner {
                 http,

@@ -133,6 +133,11 @@ impl Connector {
         })
     }
 
+    /// Whether this dials the local unix socket.
+    pub(crate) fn is_unix(&self) -> bool {
+        matches!(self.inner.target, Target::Unix(_))
+    }
+
     /// `host:port` or the socket path, for messages.
     pub(crate) fn endpoint(&self) -> String {
         match &self.inner.target {
