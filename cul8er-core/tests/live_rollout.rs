@@ -1,0 +1,554 @@
+//! Rollouts against a real incusd, with a bounded load generator on the published
+//! port the whole time (8 clients, a new connection per request, a 2 s client
+//! timeout, stopped after the rollout or at its request and time bounds):
+//!
+//! - rolling v1 → v2 over 3 replicas behind the edge: zero failed requests, every
+//!   answer from v1 or v2 while it runs, only v2 after;
+//! - v3 whose health check fails: rolled back automatically, every answer still v2,
+//!   zero failed requests, the pre-deploy snapshot restored, the revision recorded as
+//!   rolled back;
+//! - an image change whose replacement fails its gate: the old instance comes back
+//!   under its name, with its files; one that passes: the kept instance is deleted.
+//!
+//! Needs the static proxy binary (`just proxy-static`, or `CUL8ER_PROXY_BINARY`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cul8er_core::edge::EdgeBinary;
+use cul8er_core::execute::{ApplyEvent, Cancel};
+use cul8er_core::lock::Holder;
+use cul8er_core::rollout::{RolloutResult, history};
+use cul8er_core::state::StateDir;
+use cul8er_core::topology::{self, LoadOptions};
+use cul8er_core::{ApplyReport, ApplyRequest, Deployment};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn socket() -> PathBuf {
+    std::env::var_os("CUL8ER_TEST_INCUS_SOCKET").map_or_else(
+        || PathBuf::from("/var/lib/incus/unix.socket"),
+        PathBuf::from,
+    )
+}
+
+fn image() -> String {
+    std::env::var("CUL8ER_TEST_IMAGE").unwrap_or_else(|_| "cul8er-busybox".into())
+}
+
+fn proxy_binary() -> EdgeBinary {
+    let path = std::env::var_os("CUL8ER_PROXY_BINARY").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/x86_64-unknown-linux-gnu/release/cul8er-proxy"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no static cul8er-proxy at {}: run `just proxy-static` or set CUL8ER_PROXY_BINARY",
+        path.display()
+    );
+    EdgeBinary::read(&path).unwrap()
+}
+
+fn incus(args: &[&str]) -> String {
+    let out = Command::new("incus")
+        .env("INCUS_SOCKET", socket())
+        .args(args)
+        .output()
+        .expect("run incus");
+    assert!(
+        out.status.success(),
+        "incus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn incus_quiet(args: &[&str]) {
+    let _ = Command::new("incus")
+        .env("INCUS_SOCKET", socket())
+        .args(args)
+        .output();
+}
+
+fn instances_named(prefix: &str) -> BTreeMap<String, String> {
+    incus(&["list", "--format", "csv", "-c", "ns"])
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(n, s)| (n.to_owned(), s.to_owned()))
+        .collect()
+}
+
+/// Removes the topology's instances, bridge and server keys when dropped.
+struct Cleanup {
+    topology: String,
+    network: Option<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Never panics: a drop during a failed test's unwinding must not abort it.
+        let listed = Command::new("incus")
+            .env("INCUS_SOCKET", socket())
+            .args(["list", "--format", "csv", "-c", "n"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let prefix = format!("{}-", self.topology);
+        for name in listed.lines().filter(|l| l.starts_with(&prefix)) {
+            incus_quiet(&["delete", "--force", name]);
+        }
+        if let Some(network) = &self.network {
+            incus_quiet(&["network", "delete", network]);
+        }
+        for key in ["lease", "revisions"] {
+            incus_quiet(&[
+                "project",
+                "unset",
+                "default",
+                &format!("user.cul8er.{key}.{}", self.topology),
+            ]);
+        }
+    }
+}
+
+fn tag() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    (std::process::id()
+        .wrapping_mul(31)
+        .wrapping_add(N.fetch_add(1, Ordering::Relaxed))
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        ))
+        % 0xf_ffff
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn request() -> ApplyRequest<'static> {
+    ApplyRequest {
+        parallelism: 8,
+        destroy: None,
+        env: &no_env,
+        holder: Holder::current(),
+    }
+}
+
+/// Loads `source` (written to `dir`) and binds it to the test daemon.
+fn deployment(dir: &std::path::Path, source: &str) -> Deployment {
+    let path = dir.join("cul8er.kdl");
+    fs_err::write(&path, source).unwrap();
+    let env = |_: &str| None;
+    let topology = topology::load(&path, &LoadOptions::new(&env))
+        .unwrap()
+        .remove(0);
+    let mut deployment = Deployment::with_clients(
+        topology,
+        BTreeMap::from([(
+            "local".to_owned(),
+            incus_api::Client::unix(socket()).unwrap(),
+        )]),
+        StateDir::new(dir.join(".cul8er")),
+    );
+    deployment.options.edge_binary = Some(proxy_binary());
+    deployment
+}
+
+/// Plans and applies, keeping the progress messages.
+async fn apply(d: &Deployment) -> (ApplyReport, Vec<String>) {
+    let plan = d.plan().await.unwrap();
+    let events = Mutex::new(Vec::new());
+    let report = d
+        .apply(&plan, &request(), &Cancel::new(), &|e: &ApplyEvent| {
+            events.lock().unwrap().push(format!("{e:?}"));
+        })
+        .await
+        .unwrap();
+    (report, events.into_inner().unwrap())
+}
+
+/// One GET on a new connection with a 2 s client timeout: the body, or why not.
+async fn get(port: u16) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let status = text.lines().next().unwrap_or_default().to_owned();
+        if !status.contains(" 200 ") {
+            return Err(format!("status {status:?}"));
+        }
+        Ok(text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| "timed out after 2 s".to_owned())?
+}
+
+/// The load generator: `CLIENTS` clients until stopped, or `MAX_REQUESTS` in all, or
+/// `MAX_TIME`. Counts answers by body and keeps every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+    answers: Arc<Mutex<BTreeMap<String, u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+const CLIENTS: usize = 8;
+const MAX_REQUESTS: u32 = 100_000;
+const MAX_TIME: Duration = Duration::from_secs(300);
+
+impl Load {
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU32::new(0));
+        let answers = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        let until = tokio::time::Instant::now() + MAX_TIME;
+        for _ in 0..CLIENTS {
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            let (answers, failures) = (Arc::clone(&answers), Arc::clone(&failures));
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed)
+                    && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+                    && tokio::time::Instant::now() < until
+                {
+                    match get(port).await {
+                        Ok(body) => *answers.lock().unwrap().entry(body).or_insert(0) += 1,
+                        Err(why) => failures.lock().unwrap().push(why),
+                    }
+                }
+            });
+        }
+        Self {
+            stop,
+            tasks,
+            answers,
+            failures,
+        }
+    }
+
+    /// Stops the clients; the answers by body and the failures.
+    async fn finish(mut self) -> (BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        let answers = self.answers.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (answers, failures)
+    }
+}
+
+fn web_source(
+    name: &str,
+    network: &str,
+    subnet: &str,
+    port: u16,
+    version: &str,
+    healthy: bool,
+) -> String {
+    let health_file = if healthy {
+        "sh -c 'echo ok > /srv/www/health.txt'"
+    } else {
+        "rm -f /srv/www/health.txt"
+    };
+    format!(
+        r#"topology {name} {{
+    host local
+    network {network} subnet="{subnet}" nat=#false
+    resource web {{
+        image "{image}"
+        replicas 3
+        network {network} {{
+            expose 8080 public={port} protocol=http
+        }}
+        release web version="{version}" {{
+            start "httpd -f -p 8080 -h /srv/www"
+            before-start "mkdir -p /srv/www"
+            before-start "sh -c 'echo web {version} > /srv/www/index.html'"
+            before-start "{health_file}"
+        }}
+        strategy rolling max-parallel=1 {{
+            health http path="/health.txt" port=8080 interval="1s" timeout="1s" retries=2 min-healthy-time="1s" deadline="20s"
+            rollback automatic snapshot=#true keep=2
+        }}
+    }}
+}}
+"#,
+        image = image(),
+    )
+}
+
+/// Until every replica answers `want` through the edge (at most 30 s).
+async fn serving(port: u16, want: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..300 {
+        seen.clear();
+        for _ in 0..12 {
+            if let Ok(body) = get(port).await {
+                seen.insert(body);
+            }
+        }
+        if seen.len() == 1 && seen.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_behind_the_edge_serves_throughout_and_a_failed_gate_rolls_back() {
+    let tag = tag();
+    let name = format!("cul8er-t-roll-{tag:x}");
+    let network = format!("c8r{tag:x}");
+    let subnet = format!("10.{}.{}.1/24", 100 + tag % 40, (tag / 40) % 250);
+    let port = free_port();
+    let _cleanup = Cleanup {
+        topology: name.clone(),
+        network: Some(network.clone()),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source =
+        |version: &str, healthy| web_source(&name, &network, &subnet, port, version, healthy);
+
+    // v1 from nothing.
+    let d = deployment(dir.path(), &source("1", true));
+    let (report, _) = apply(&d).await;
+    assert!(report.outcome.succeeded(), "{:#?}", report.outcome);
+    assert_eq!(
+        serving(port, "web 1").await,
+        BTreeSet::from(["web 1".to_owned()])
+    );
+
+    // Rolling v1 → v2 under load.
+    let load = Load::start(port);
+    let d = deployment(dir.path(), &source("2", true));
+    let (report, events) = apply(&d).await;
+    let (answers, failures) = load.finish().await;
+    assert!(
+        report.outcome.succeeded(),
+        "{:#?}\n{events:#?}",
+        report.outcome
+    );
+    let record = report.rollout.clone().expect("a rollout record");
+    assert_eq!(record.result, RolloutResult::Succeeded);
+    assert_eq!(record.resources[0].instances.len(), 3, "{record:#?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during v1 → v2: {failures:?}"
+    );
+    let allowed = BTreeSet::from(["web 1".to_owned(), "web 2".to_owned()]);
+    assert!(
+        answers.keys().all(|a| allowed.contains(a)),
+        "answers during v1 → v2: {answers:?}"
+    );
+    assert!(
+        answers.get("web 2").copied().unwrap_or(0) > 0,
+        "{answers:?}"
+    );
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    // Each replica was drained before its change, and took a snapshot named after
+    // the revision.
+    let drains = events
+        .iter()
+        .filter(|e| e.contains("draining it on the edge"))
+        .count();
+    assert_eq!(drains, 3, "{events:#?}");
+    let web1 = format!("{name}-web-1");
+    let snapshots = incus(&["snapshot", "list", &web1, "--format", "csv", "-c", "n"]);
+    assert!(
+        snapshots.contains(&format!("cul8er-{}", report.revision)),
+        "{snapshots}"
+    );
+
+    // v3 fails its health check: rolled back, v2 serves throughout.
+    let load = Load::start(port);
+    let d = deployment(dir.path(), &source("3", false));
+    let (bad, events) = apply(&d).await;
+    let (answers, failures) = load.finish().await;
+    assert!(!bad.outcome.succeeded(), "v3 must fail: {events:#?}");
+    let record = bad.rollout.clone().unwrap();
+    assert!(
+        matches!(&record.result, RolloutResult::RolledBack { reason } if reason.contains("health gate")),
+        "{record:#?}"
+    );
+    // Only the first batch was changed, and put back from its snapshot.
+    assert_eq!(
+        record.resources[0].instances,
+        std::slice::from_ref(&web1),
+        "{record:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(&format!("restoring snapshot cul8er-{}", bad.revision))),
+        "{events:#?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "failed requests during v3: {failures:?}"
+    );
+    assert_eq!(
+        answers.keys().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["web 2".to_owned()]),
+        "only v2 may answer while v3 fails"
+    );
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    let restored = incus(&["exec", &web1, "--", "cat", "/srv/www/index.html"]);
+    assert_eq!(restored.trim(), "web 2");
+
+    // History: v1 and v2 succeeded, v3 rolled back with its reason; rollback goes to v1.
+    let revisions = history::history(&d.state, &name).unwrap();
+    let outcomes: Vec<&str> = revisions.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["succeeded", "succeeded", "rolled-back"],
+        "{revisions:#?}"
+    );
+    assert!(revisions[2].versions.contains(&"web=3".to_owned()));
+    assert!(
+        revisions[2]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("health gate")
+    );
+    assert_eq!(
+        history::rollback_target(&revisions, &name, None).unwrap(),
+        revisions[0].revision
+    );
+}
+
+fn fingerprint(alias: &str) -> String {
+    let text = incus(&["query", &format!("/1.0/images/aliases/{alias}")]);
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["target"].as_str().unwrap().to_owned()
+}
+
+fn single_source(name: &str, image: &str, check: &str) -> String {
+    format!(
+        r#"topology {name} {{
+    host local
+    resource app {{
+        image "{image}"
+        strategy rolling {{
+            health command {check} interval="1s" timeout="1s" retries=2 min-healthy-time="1s" deadline="15s"
+        }}
+    }}
+}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_change_keeps_the_old_instance_until_the_replacement_passes() {
+    let tag = tag();
+    let name = format!("cul8er-t-img-{tag:x}");
+    let _cleanup = Cleanup {
+        topology: name.clone(),
+        network: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let alias = image();
+    let by_fingerprint = fingerprint(&alias);
+    let app = format!("{name}-app-1");
+
+    let d = deployment(dir.path(), &single_source(&name, &alias, r#""true""#));
+    let (report, _) = apply(&d).await;
+    assert!(report.outcome.succeeded(), "{:#?}", report.outcome);
+
+    // A replacement that passes: the kept instance is gone afterwards.
+    incus(&["exec", &app, "--", "touch", "/root/first"]);
+    let d = deployment(
+        dir.path(),
+        &single_source(&name, &by_fingerprint, r#""true""#),
+    );
+    let (report, events) = apply(&d).await;
+    assert!(
+        report.outcome.succeeded(),
+        "{:#?}\n{events:#?}",
+        report.outcome
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(&format!("keeping the old instance as {app}-prev"))),
+        "{events:#?}"
+    );
+    let left = instances_named(&format!("{name}-"));
+    assert_eq!(
+        left.keys().cloned().collect::<Vec<_>>(),
+        std::slice::from_ref(&app),
+        "{left:?}"
+    );
+    let fresh = Command::new("incus")
+        .env("INCUS_SOCKET", socket())
+        .args(["exec", &app, "--", "test", "-f", "/root/first"])
+        .status()
+        .unwrap();
+    assert!(!fresh.success(), "the replacement is a new instance");
+
+    // A replacement that fails: the old instance comes back, with its files.
+    incus(&["exec", &app, "--", "touch", "/root/marker"]);
+    let d = deployment(
+        dir.path(),
+        &single_source(&name, &alias, r#""test" "-f" "/root/marker""#),
+    );
+    let (bad, events) = apply(&d).await;
+    assert!(!bad.outcome.succeeded(), "{events:#?}");
+    let record = bad.rollout.unwrap();
+    assert!(
+        matches!(record.result, RolloutResult::RolledBack { .. }),
+        "{record:#?}"
+    );
+    let left = instances_named(&format!("{name}-"));
+    assert_eq!(
+        left,
+        BTreeMap::from([(app.clone(), "RUNNING".to_owned())]),
+        "only the old instance, running"
+    );
+    incus(&["exec", &app, "--", "test", "-f", "/root/marker"]);
+}
