@@ -1,9 +1,11 @@
 //! incus-api against its peers, side by side in one run, printed as ratios.
 //!
 //! 1. `GET /1.0` and, with 20 instances present, `GET /1.0/instances?recursion=1`:
-//!    incus-api on a kept-alive connection vs a minimal kept-alive Python client (the
-//!    floor for any client), `curl --unix-socket`, and `incus query` (what the original
-//!    design shelled out to).
+//!    incus-api vs a minimal kept-alive Python client (the floor for any client),
+//!    `curl --unix-socket`, and `incus query` (what the original design shelled out
+//!    to). On the unix socket incus-api opens a connection per request (a unix connect
+//!    costs microseconds), because incusd 6.0 stalls on connections that sit idle
+//!    before their first request; see `Client::from_connector`.
 //! 2. Launching 20 containers and deleting them: incus-api vs `incus-benchmark` (the
 //!    upstream benchmark on the Go client) at its best parallelism, and a sequential
 //!    `incus launch` / `incus delete --force` loop.
@@ -115,7 +117,7 @@ fn print_table(title: &str, rows: &[Row]) {
 }
 
 async fn get_latency(client: &Client, sock: &Path, path: &str, n: usize) -> Vec<Row> {
-    // incus-api, sequential on one kept-alive connection.
+    // incus-api, sequential.
     let raw = client.clone();
     let p = path.to_owned();
     for _ in 0..20 {
