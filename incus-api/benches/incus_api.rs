@@ -157,7 +157,7 @@ async fn get_latency(client: &Client, sock: &Path, path: &str, n: usize) -> Vec<
     });
     vec![
         Row {
-            name: "incus-api (kept alive)",
+            name: "incus-api",
             secs: ours,
         },
         Row {
