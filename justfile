@@ -64,6 +64,10 @@ bench-incus-api:
 bench-proxy:
     bash bench/proxy/run.sh
 
+# User-space instructions per proxied request (callgrind): cul8er-proxy vs nginx, one worker each.
+bench-proxy-instructions:
+    bash bench/proxy/instructions.sh
+
 # Topology parse + validate of 50, 500 and 5,000 resources: time, peak memory, ratio.
 bench-topology:
     cargo bench -p cul8er-core --bench topology
