@@ -186,6 +186,12 @@ impl HealthGate {
                         failures += 1;
                         if failures >= retries {
                             emit_check(on_event, target, attempt, &result, true, failures, None);
+                            // A dead instance fails its checks too: name the real cause.
+                            if let Some(watch) = watch
+                                && let Some(crash) = watch.check_now(target).await
+                            {
+                                return crash_outcome(crash);
+                            }
                             return GateOutcome::Unhealthy {
                                 reason: format!(
                                     "{} failed {failures} time{} in a row: {}",

@@ -156,7 +156,7 @@ impl GateSpec {
                     format!("/{path}")
                 },
                 status: *status,
-                body_contains: None,
+                body_contains: health.body.clone(),
             },
             Probe::Tcp { port } => Check::Tcp { port: *port },
             Probe::Command { argv } => {
@@ -437,6 +437,7 @@ mod tests {
             status: 204,
         });
         model.retries = 5;
+        model.body = Some("ok".into());
         let spec = GateSpec::from_model(&model, Some(8080)).unwrap();
         assert_eq!(
             spec.check,
@@ -444,7 +445,7 @@ mod tests {
                 port: 8080,
                 path: "/health".into(),
                 status: 204,
-                body_contains: None
+                body_contains: Some("ok".into())
             }
         );
         assert_eq!(spec.retries, 5);

@@ -255,6 +255,25 @@ impl CrashWatch {
         }
     }
 
+    /// Looks at `instance` now (state, and service when watched with a release), so a
+    /// gate whose checks fail can tell a crash from an unhealthy service before the
+    /// next poll. Returns the first crash, this one or an earlier one.
+    pub async fn check_now(&self, instance: &str) -> Option<Crash> {
+        if let Some(crash) = self.crash() {
+            return Some(crash);
+        }
+        let entry = self.shared.lock().get(instance).cloned()?;
+        let runner = Runner {
+            client: self.client.clone(),
+            shared: Arc::clone(&self.shared),
+            crash: self.crash.clone(),
+        };
+        runner
+            .inspect(instance, &entry, "seen after a failed check", true)
+            .await;
+        self.crash()
+    }
+
     /// Records a crash seen elsewhere (the rollout's own steps), so gates waiting with
     /// this watch fail. The first crash is kept.
     pub fn report(&self, crash: Crash) {
@@ -309,7 +328,8 @@ impl Runner {
                         let name = lifecycle.object_name().to_owned();
                         let entry = self.shared.lock().get(&name).cloned();
                         if let Some(entry) = entry {
-                            self.inspect(&name, &entry, Some(&lifecycle.action)).await;
+                            let seen = format!("Incus event {}", lifecycle.action);
+                            self.inspect(&name, &entry, &seen, false).await;
                         }
                     }
                     Some(Err(e)) => {
@@ -329,7 +349,7 @@ impl Runner {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     for (name, entry) in &entries {
-                        self.inspect(name, entry, None).await;
+                        self.inspect(name, entry, "seen by polling", true).await;
                     }
                     if stream.is_none() {
                         match subscribe(&self.client).await {
@@ -343,8 +363,8 @@ impl Runner {
     }
 
     /// Looks at one instance; reports a crash when it is still watched as `entry`.
-    async fn inspect(&self, name: &str, entry: &Watched, action: Option<&str>) {
-        let Some(crash) = self.examine(name, entry, action).await else {
+    async fn inspect(&self, name: &str, entry: &Watched, seen: &str, service: bool) {
+        let Some(crash) = self.examine(name, entry, seen, service).await else {
             return;
         };
         // An instance unwatched meanwhile was stopped on purpose; one watched again
@@ -355,7 +375,13 @@ impl Runner {
         }
     }
 
-    async fn examine(&self, name: &str, entry: &Watched, action: Option<&str>) -> Option<Crash> {
+    async fn examine(
+        &self,
+        name: &str,
+        entry: &Watched,
+        seen: &str,
+        service: bool,
+    ) -> Option<Crash> {
         let crash = |kind, detail| {
             Some(Crash {
                 instance: name.to_owned(),
@@ -363,10 +389,6 @@ impl Runner {
                 detail,
             })
         };
-        let seen = action.map_or_else(
-            || "seen by polling".to_owned(),
-            |a| format!("Incus event {a}"),
-        );
         let state = match self.client.instances().state(name).await {
             Ok(state) => state,
             Err(e) if e.is_not_found() => {
@@ -395,7 +417,7 @@ impl Runner {
                 ),
             );
         }
-        if action.is_some() || state.status != "Running" {
+        if !service || state.status != "Running" {
             return None;
         }
         let spec = entry.release.as_ref()?;
