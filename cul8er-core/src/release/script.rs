@@ -418,7 +418,7 @@ pub(super) fn service_definition(
              error_log={log}\n\
              \n\
              depend() {{\n\
-             \tneed localmount\n\
+             \tuse localmount\n\
              \tafter net\n\
              }}\n\
              \n\
@@ -479,6 +479,8 @@ mod tests {
         let rc = service_definition(InitSystem::Openrc, "web", "web", 998, 997);
         assert!(rc.starts_with("#!/sbin/openrc-run\n"), "{rc}");
         assert!(rc.contains("command_user=\"998:997\""), "{rc}");
+        // Debian's openrc has no `localmount` service: `need` would refuse to start.
+        assert!(rc.contains("\tuse localmount\n"), "{rc}");
         let bb = service_definition(InitSystem::Busybox, "web", "web", 998, 997);
         assert!(
             bb.contains("exec su -s /bin/sh 'web' -c 'exec /opt/web/run'"),
