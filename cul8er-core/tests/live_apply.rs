@@ -123,10 +123,26 @@ async fn the_demo_deploys_serves_replans_nothing_and_destroys() {
         answer.contains("api 1"),
         "answer on 127.0.0.1:{api_port}: {answer:?}"
     );
-    let devices = incus(&["config", "device", "show", &format!("{name}-api-1")]);
+    // Whatever publishes it (a proxy device, or the edge for HTTP), every published
+    // port of the topology listens on loopback only.
+    let mut listens = Vec::new();
+    for instance in instances_named(&format!("{name}-")).keys() {
+        let devices = incus(&["config", "device", "show", instance]);
+        listens.extend(
+            devices
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("listen: "))
+                .map(str::to_owned),
+        );
+    }
+    assert!(!listens.is_empty());
     assert!(
-        devices.contains(&format!("listen: tcp:127.0.0.1:{api_port}")),
-        "{devices}"
+        listens.iter().all(|l| l.starts_with("tcp:127.0.0.1:")),
+        "{listens:?}"
+    );
+    assert!(
+        listens.contains(&format!("tcp:127.0.0.1:{api_port}")),
+        "{listens:?}"
     );
 
     let again = d.plan().await.unwrap();
