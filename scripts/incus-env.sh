@@ -773,8 +773,10 @@ cmd_status() {
         else
             line image-debian optional "absent (up --with-debian builds it)"
         fi
+    elif [ "$(daemon_state "$MAIN_DIR")" = busy ]; then
+        line daemon busy "$MAIN_DIR/unix.socket accepts connections but does not answer within 5 s"
     else
-        line daemon down "$MAIN_DIR/unix.socket does not answer"
+        line daemon down "nothing listens on $MAIN_DIR/unix.socket"
     fi
     local member
     for member in "${MEMBERS[@]}"; do
