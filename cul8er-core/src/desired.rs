@@ -41,6 +41,12 @@ pub struct DesireOptions {
     pub expose_address: String,
     /// The storage pool of the root disk when a resource sets a disk limit.
     pub root_pool: String,
+    /// The image of edge instances (an alias on the host).
+    pub edge_image: String,
+    /// The static `cul8er-proxy` binary edges run; `None` looks for it when a
+    /// topology needs an edge, as [`crate::edge::locate_binary`] does (the
+    /// `CUL8ER_PROXY_BINARY` env var, then beside the running executable).
+    pub edge_binary: Option<crate::edge::EdgeBinary>,
 }
 
 impl Default for DesireOptions {
@@ -48,6 +54,8 @@ impl Default for DesireOptions {
         Self {
             expose_address: "127.0.0.1".to_owned(),
             root_pool: "default".to_owned(),
+            edge_image: "cul8er-busybox".to_owned(),
+            edge_binary: None,
         }
     }
 }
@@ -122,6 +130,10 @@ pub struct DesiredInstance {
     pub release: Option<Release>,
     /// The hash of everything above: equal hashes, equal specs.
     pub spec: String,
+    /// For the edge instance: what it serves (not part of the spec hash; the plan
+    /// changes the edge's traffic configuration as an object of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<Box<crate::edge::DesiredEdge>>,
 }
 
 /// A topology that cannot be planned yet.
@@ -130,6 +142,9 @@ pub enum DesireError {
     /// The topology uses blocks whose capability has not landed.
     #[error("the topology uses {}, which cul8er cannot deploy yet; remove the block to plan the rest", list(.0))]
     LaterCapabilities(Vec<LaterCapability>),
+    /// The topology needs an edge and no `cul8er-proxy` binary was found.
+    #[error("{0}")]
+    EdgeBinary(String),
     /// A resource takes its image from an image remote.
     #[error(
         "resource {resource} takes its image from the image remote `{remote}`, which cul8er cannot pull from yet; import the image on the host and name its alias"
@@ -150,7 +165,7 @@ fn list(caps: &[LaterCapability]) -> String {
 }
 
 /// The Incus name of the network a topology attaches as `name`.
-fn incus_network_name(topology: &Topology, name: &str) -> String {
+pub(crate) fn incus_network_name(topology: &Topology, name: &str) -> String {
     match topology.networks.iter().find(|n| n.name == name) {
         Some(network) => match &network.kind {
             NetworkKind::Existing { name } => name.clone(),
@@ -173,6 +188,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
     }
     let mut notes = Vec::new();
     let mut instances = Vec::new();
+    let mut edges = crate::edge::EdgeCollector::default();
     // Which hosts use which network and volume, for those declared without a host.
     let mut network_hosts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut volume_hosts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -199,21 +215,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
                 .or_default()
                 .insert(&resource.host);
         }
-        let edge_only = resource.replicas > 1 && resource.exposes();
-        if edge_only {
-            let ports: Vec<String> = resource
-                .networks
-                .iter()
-                .flat_map(|a| &a.expose)
-                .map(|e| e.public.to_string())
-                .collect();
-            notes.push(format!(
-                "resource {}: port {} published through the edge (not yet available): {} replicas are not published on the host until the edge lands",
-                resource.name,
-                ports.join(", "),
-                resource.replicas
-            ));
-        }
+        edges.add_resource(topology, resource);
         for unenforced in resource.unenforced_limits("dir") {
             if unenforced == "disk" && options.root_pool == "default" {
                 notes.push(format!(
@@ -260,20 +262,23 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
                     ("name", &nic),
                 ]),
             );
-            if !edge_only {
-                for expose in &attachment.expose {
-                    devices.insert(
-                        format!("expose-{}", expose.public),
-                        map([
-                            ("type", "proxy"),
-                            (
-                                "listen",
-                                &format!("tcp:{}:{}", options.expose_address, expose.public),
-                            ),
-                            ("connect", &format!("tcp:127.0.0.1:{}", expose.port)),
-                        ]),
-                    );
-                }
+            // Ports the edge serves get no proxy device of their own.
+            for expose in attachment
+                .expose
+                .iter()
+                .filter(|e| !crate::edge::through_edge(e, resource.replicas))
+            {
+                devices.insert(
+                    format!("expose-{}", expose.public),
+                    map([
+                        ("type", "proxy"),
+                        (
+                            "listen",
+                            &format!("tcp:{}:{}", options.expose_address, expose.public),
+                        ),
+                        ("connect", &format!("tcp:127.0.0.1:{}", expose.port)),
+                    ]),
+                );
             }
         }
         for mount in &resource.volumes {
@@ -356,6 +361,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
                 devices: devices.clone(),
                 release: resource.release.clone(),
                 spec: String::new(),
+                edge: None,
             };
             instance.spec = spec_hash(&(&instance, &environment));
             instance
@@ -422,6 +428,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
         }
     }
 
+    instances.extend(edges.instances(topology, options, &mut notes)?);
     networks.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
     volumes.sort_by(|a, b| (&a.host, &a.pool, &a.name).cmp(&(&b.host, &b.pool, &b.name)));
     instances.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
@@ -435,7 +442,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
     })
 }
 
-fn map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
+pub(crate) fn map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
     pairs
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -443,7 +450,7 @@ fn map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
 }
 
 /// A short, stable hash of a value's JSON (16 hex digits of SHA-256).
-fn spec_hash(value: &impl Serialize) -> String {
+pub(crate) fn spec_hash(value: &impl Serialize) -> String {
     let json = serde_json::to_vec(value).unwrap_or_default();
     let digest = Sha256::digest(&json);
     hex::encode(&digest[..8])
@@ -459,36 +466,88 @@ mod tests {
         topology::parse_one(source, "test.kdl", &LoadOptions::new(&env)).expect("valid topology")
     }
 
+    fn with_binary() -> DesireOptions {
+        DesireOptions {
+            edge_binary: Some(crate::edge::EdgeBinary {
+                path: "/nowhere/cul8er-proxy".into(),
+                sha256: "ab".repeat(32),
+            }),
+            ..DesireOptions::default()
+        }
+    }
+
     #[test]
-    fn single_replica_exposes_through_a_loopback_proxy_device() {
+    fn a_single_tcp_replica_exposes_through_a_loopback_proxy_device() {
         let t = load(
             r#"topology t { network n subnet="10.9.0.1/24" nat=#false
-               resource api { image "cul8er-busybox"; network n { expose 8080 public=18081 protocol=http; }; }; }"#,
+               resource db { image "cul8er-busybox"; network n { expose 5432 public=15432 protocol=tcp; }; }; }"#,
         );
         let d = desire(&t, &DesireOptions::default()).unwrap();
-        let api = &d.instances[0];
-        assert_eq!(api.name, "t-api-1");
-        assert_eq!(api.devices["expose-18081"]["listen"], "tcp:127.0.0.1:18081");
-        assert_eq!(api.devices["eth0"]["network"], "n");
-        assert_eq!(api.config[KEY_TOPOLOGY], "t");
-        assert_eq!(api.config[KEY_SPEC], api.spec);
+        let db = &d.instances[0];
+        assert_eq!(d.instances.len(), 1, "no edge for a single TCP replica");
+        assert_eq!(db.name, "t-db-1");
+        assert_eq!(db.devices["expose-15432"]["listen"], "tcp:127.0.0.1:15432");
+        assert_eq!(db.devices["eth0"]["network"], "n");
+        assert_eq!(db.config[KEY_TOPOLOGY], "t");
+        assert_eq!(db.config[KEY_SPEC], db.spec);
         assert!(d.notes.is_empty());
     }
 
     #[test]
-    fn replicated_exposed_resource_waits_for_the_edge() {
+    fn http_resources_go_through_the_edge_one_replica_or_many() {
         let t = load(
             r#"topology t { network n subnet="10.9.0.1/24" nat=#false
-               resource web { image "cul8er-busybox"; replicas 2; network n { expose 8080 public=18080 protocol=http; }; }; }"#,
+               resource web { image "cul8er-busybox"; replicas 2; network n { expose 8080 public=18080 protocol=http; }; }
+               resource api { image "cul8er-busybox"; network n { expose 8080 public=18081 protocol=http; }; }; }"#,
         );
-        let d = desire(&t, &DesireOptions::default()).unwrap();
-        assert_eq!(d.instances.len(), 2);
+        let d = desire(&t, &with_binary()).unwrap();
+        assert_eq!(d.instances.len(), 4);
         assert!(
             d.instances
                 .iter()
-                .all(|i| !i.devices.contains_key("expose-18080"))
+                .all(|i| !i.devices.keys().any(|k| k.starts_with("expose-")))
         );
-        assert!(d.notes[0].contains("published through the edge (not yet available)"));
+        let edge = d.instances.iter().find(|i| i.name == "t-edge").unwrap();
+        assert_eq!(
+            edge.devices["publish-18080"]["listen"],
+            "tcp:127.0.0.1:18080"
+        );
+        assert_eq!(edge.devices["publish-18081"]["proxy_protocol"], "true");
+        assert_eq!(edge.devices["eth0"]["network"], "n");
+        assert_eq!(edge.config[KEY_RELEASE], "abababababababab");
+        let spec = edge.edge.as_deref().unwrap();
+        assert_eq!(spec.services.len(), 2);
+        let web = spec.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.backends.len(), 2);
+        assert_eq!(web.backends[1].instance, "t-web-2");
+    }
+
+    #[test]
+    fn the_edge_spec_does_not_depend_on_where_the_binary_is() {
+        let t = load(
+            r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+               resource web { image "cul8er-busybox"; network n { expose 8080 public=18080 protocol=http; }; }; }"#,
+        );
+        let a = desire(&t, &with_binary()).unwrap();
+        let mut moved = with_binary();
+        if let Some(binary) = &mut moved.edge_binary {
+            binary.path = "/elsewhere/cul8er-proxy".into();
+        }
+        let b = desire(&t, &moved).unwrap();
+        let spec = |d: &Desired| {
+            d.instances
+                .iter()
+                .find(|i| i.name == "t-edge")
+                .unwrap()
+                .spec
+                .clone()
+        };
+        assert_eq!(spec(&a), spec(&b));
+        let mut rebuilt = with_binary();
+        if let Some(binary) = &mut rebuilt.edge_binary {
+            binary.sha256 = "cd".repeat(32);
+        }
+        assert_ne!(spec(&a), spec(&desire(&t, &rebuilt).unwrap()));
     }
 
     #[test]

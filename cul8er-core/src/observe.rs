@@ -30,6 +30,9 @@ pub struct ObservedHost {
     pub networks: Vec<ObservedNetwork>,
     /// Custom volumes the topology made or names.
     pub volumes: Vec<ObservedVolume>,
+    /// The edge, when the topology has one on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<crate::edge::ObservedEdge>,
 }
 
 /// An instance as Incus holds it (its own config and devices, profiles not expanded).
@@ -225,7 +228,7 @@ pub async fn observe(
     let reads = clients.iter().map(|(host, client)| {
         let (pools, wanted_networks, wanted_volumes) = (&pools, &wanted_networks, &wanted_volumes);
         async move {
-            let state = observe_host(
+            let mut state = observe_host(
                 client,
                 host,
                 &desired.topology,
@@ -234,6 +237,14 @@ pub async fn observe(
                 wanted_volumes,
             )
             .await?;
+            let edge = desired
+                .instances
+                .iter()
+                .filter(|i| &i.host == host)
+                .find_map(|i| i.edge.as_deref());
+            if let Some(edge) = edge {
+                state.edge = Some(crate::edge::observe_edge(client, edge, &state).await);
+            }
             Ok::<_, ObserveError>((host.clone(), state))
         }
     });

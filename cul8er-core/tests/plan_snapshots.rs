@@ -91,14 +91,20 @@ fn converged(desired: &Desired) -> Observed {
         let mut addresses = Addresses::new();
         for (index, service) in edge.services.iter().enumerate() {
             for (replica, backend) in service.backends.iter().enumerate() {
-                let ip = std::net::IpAddr::from([10, 181, 0, u8::try_from(10 * (index + 1) + replica).unwrap()]);
+                let ip = std::net::IpAddr::from([
+                    10,
+                    181,
+                    0,
+                    u8::try_from(10 * (index + 1) + replica).unwrap(),
+                ]);
                 addresses
                     .entry(backend.instance.clone())
                     .or_default()
                     .insert(service.nic.clone(), ip);
             }
         }
-        let config = cul8er_core::edge::proxy_config(edge, &addresses).expect("every backend has an address");
+        let config = cul8er_core::edge::proxy_config(edge, &addresses)
+            .expect("every backend has an address");
         hosts.entry(edge.host.clone()).or_default().edge = Some(ObservedEdge {
             addresses,
             config: Some(config),
@@ -329,7 +335,10 @@ fn destroy_keeps_volumes_unless_asked() {
             config: [("user.cul8er.topology".to_owned(), "demo".to_owned())].into(),
         });
     let keep = plan::plan_destroy(&observed, false);
-    assert_eq!(keep.summary.delete, 7, "six instances (the edge too) and the network");
+    assert_eq!(
+        keep.summary.delete, 7,
+        "six instances (the edge too) and the network"
+    );
     assert_eq!(change(&keep, "data").action, Action::Keep);
     let all = plan::plan_destroy(&observed, true);
     assert_eq!(all.summary.delete, 8);

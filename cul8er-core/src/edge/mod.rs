@@ -21,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+mod desire;
+mod reconcile;
 mod spec;
 
 use std::time::Duration;
@@ -31,17 +33,22 @@ use incus_api::exec::ExecRequest;
 use incus_api::files::FileOptions;
 use serde::de::DeserializeOwned;
 
+pub(crate) use desire::EdgeCollector;
+pub use desire::through_edge;
+pub use reconcile::{ObservedEdge, converge, observe_edge, plan_edges};
 pub use spec::{
     Addresses, DesiredEdge, EDGE_RESOURCE, EdgeBackend, EdgeBinary, EdgeBinaryError, EdgeListener,
     EdgeService, describe, describe_pending, edge_instance_name, locate_binary, proxy_config,
 };
 
-/// Where the release machinery puts the binary inside the edge (`/opt/<app>/current`).
-pub const BINARY_PATH: &str = "/opt/cul8er-proxy/current/cul8er-proxy";
+/// The binary inside the edge: a link to the release machinery's
+/// `/opt/cul8er-proxy/current/<file>`.
+pub const BINARY_PATH: &str = "/opt/cul8er-proxy/bin/cul8er-proxy";
 /// The configuration file the edge's service reads at start.
 pub const CONFIG_PATH: &str = "/etc/cul8er-proxy/edge.json";
-/// The admin socket inside the edge.
-pub const ADMIN_SOCKET: &str = "/run/cul8er-proxy.sock";
+/// The admin socket inside the edge, in a directory only the proxy's user (and root,
+/// which `ctl` runs as through exec) can enter.
+pub const ADMIN_SOCKET: &str = "/var/lib/cul8er-proxy/admin.sock";
 /// The env var that names the `cul8er-proxy` binary to push into edges.
 pub const BINARY_ENV: &str = "CUL8ER_PROXY_BINARY";
 
@@ -255,7 +262,7 @@ impl Edge {
         self.client
             .instances()
             .files(&self.instance)
-            .push(&staged, body, FileOptions::mode(0o600).owner(0, 0))
+            .push(&staged, body, FileOptions::mode(0o644).owner(0, 0))
             .await
             .map_err(|source| EdgeError::Incus {
                 what: format!("write {staged}"),
