@@ -31,6 +31,8 @@ test: setup proxy-static
     set -a
     . /run/cul8er-test-env
     set +a
+    # Edges (live tests, the CLI) push the static proxy built by proxy-static.
+    export CUL8ER_PROXY_BINARY="${CUL8ER_PROXY_BINARY:-$PWD/target/x86_64-unknown-linux-gnu/release/cul8er-proxy}"
     # Both suites always run; the recipe fails when either does.
     failed=0
     if cargo nextest --version >/dev/null 2>&1; then
@@ -52,7 +54,7 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup bench-proxy bench-topology bench-incus-api bench-apply
+bench: setup bench-proxy bench-topology bench-incus-api bench-apply bench-edge
     @echo "no benchmarks yet"
 
 # GET /1.0 and instance-list latency, and launching/deleting 20 containers: incus-api vs
@@ -81,3 +83,8 @@ fuzz SECONDS="300":
 # and a sequential `incus launch` loop, and the planner alone on 1,000 and 10,000 resources.
 bench-apply: proxy-static
     bash bench/apply/run.sh
+
+# Publishing the edge: req/s and latency through a proxy device (with and without the
+# PROXY protocol), nat=true and a network forward; loopback and a test bridge only.
+bench-edge: setup proxy-static
+    bash bench/edge/run.sh
