@@ -410,8 +410,15 @@ pub(super) fn service_definition(
              # Written by cul8er for release {app}; rewritten on every deploy.\n\
              description=\"cul8er release {app}\"\n\
              supervisor=supervise-daemon\n\
-             command={run}\n\
-             command_user=\"{uid}:{gid}\"\n\
+             # Debian's supervise-daemon never starts the child with command_user (in\n\
+             # an unprivileged container); setpriv drops privileges and keeps the pid.\n\
+             if [ -x /usr/bin/setpriv ]; then\n\
+             \tcommand=/usr/bin/setpriv\n\
+             \tcommand_args=\"--reuid={uid} --regid={gid} --init-groups {run}\"\n\
+             else\n\
+             \tcommand={run}\n\
+             \tcommand_user=\"{uid}:{gid}\"\n\
+             fi\n\
              respawn_delay=1\n\
              respawn_max=0\n\
              output_log={log}\n\
@@ -479,6 +486,10 @@ mod tests {
         let rc = service_definition(InitSystem::Openrc, "web", "web", 998, 997);
         assert!(rc.starts_with("#!/sbin/openrc-run\n"), "{rc}");
         assert!(rc.contains("command_user=\"998:997\""), "{rc}");
+        assert!(
+            rc.contains("command_args=\"--reuid=998 --regid=997 --init-groups /opt/web/run\""),
+            "{rc}"
+        );
         // Debian's openrc has no `localmount` service: `need` would refuse to start.
         assert!(rc.contains("\tuse localmount\n"), "{rc}");
         let bb = service_definition(InitSystem::Busybox, "web", "web", 998, 997);
