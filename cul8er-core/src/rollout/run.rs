@@ -166,6 +166,25 @@ pub async fn apply(
     }
 }
 
+/// The edge services that route to `resource`, named as the edge's desire names them.
+fn edge_services(resource: &Resource) -> Vec<String> {
+    let routed: Vec<u16> = resource
+        .networks
+        .iter()
+        .flat_map(|n| &n.expose)
+        .filter(|e| crate::edge::through_edge(e, resource.replicas))
+        .map(|e| e.port)
+        .collect();
+    match routed.as_slice() {
+        [] => Vec::new(),
+        [_] => vec![resource.name.clone()],
+        ports => ports
+            .iter()
+            .map(|p| format!("{}-{p}", resource.name))
+            .collect(),
+    }
+}
+
 fn skip(
     outcome: &mut ApplyOutcome,
     changes: &[Change],
@@ -359,7 +378,7 @@ impl Roller<'_> {
                 // The old version is back: once it passes its check again, it gets its
                 // traffic back too.
                 for (change, _) in &undos {
-                    if !self.services(resource).is_empty()
+                    if !edge_services(resource).is_empty()
                         && let Err(problem) = self.gate(resource, change, None).await
                     {
                         self.progress(
@@ -446,30 +465,11 @@ impl Roller<'_> {
         }
     }
 
-    /// The edge services that route to `resource` (as the edge's desire names them).
-    fn services(&self, resource: &Resource) -> Vec<String> {
-        let routed: Vec<u16> = resource
-            .networks
-            .iter()
-            .flat_map(|n| &n.expose)
-            .filter(|e| crate::edge::through_edge(e, resource.replicas))
-            .map(|e| e.port)
-            .collect();
-        match routed.as_slice() {
-            [] => Vec::new(),
-            [_] => vec![resource.name.clone()],
-            ports => ports
-                .iter()
-                .map(|p| format!("{}-{p}", resource.name))
-                .collect(),
-        }
-    }
-
     /// Sets the edge weight of one instance in every service of its resource: 0
     /// drains it first (in-flight requests finish), 1 gives it its traffic back.
     /// Resources not behind the edge have nothing to do.
     async fn weigh(&self, resource: &Resource, change: &Change, weight: u32) -> Result<(), String> {
-        let services = self.services(resource);
+        let services = edge_services(resource);
         if services.is_empty() {
             return Ok(());
         }
@@ -708,4 +708,61 @@ async fn wait(
         .and_then(incus_api::Operation::into_success)
         .map(drop)
         .map_err(|e| error_chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(resources: &str) -> Topology {
+        let env = |_: &str| None;
+        crate::topology::parse_one(
+            &format!("topology t {{\n network n subnet=\"10.9.0.1/24\"\n {resources} }}"),
+            "t.kdl",
+            &crate::topology::LoadOptions::new(&env),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn edge_services_match_what_the_edge_serves() {
+        let t = topology(
+            r#"resource web { image "i"; replicas 3; network n { expose 8080 public=18080 protocol=http; }; }
+               resource two { image "i"; replicas 2; network n { expose 8080 public=18081 protocol=http; expose 9090 public=18082 protocol=http; }; }
+               resource db { image "i"; network n { expose 5432 public=15432 protocol=tcp; }; }
+               resource worker { image "i"; }"#,
+        );
+        let services: Vec<Vec<String>> = t.resources.iter().map(edge_services).collect();
+        assert_eq!(services[0], ["web"]);
+        assert_eq!(services[1], ["two-8080", "two-9090"]);
+        // A single TCP replica is published by a proxy device, not the edge.
+        assert!(services[2].is_empty());
+        assert!(services[3].is_empty());
+    }
+
+    #[test]
+    fn only_updates_and_replacements_of_known_resources_are_rolled() {
+        let t = topology(r#"resource web { image "i"; replicas 2; }"#);
+        let wanted = crate::desired::desire(&t, &crate::desired::DesireOptions::default()).unwrap();
+        let plan = crate::plan::plan(&wanted, &crate::observe::Observed::default());
+        let create = plan
+            .changes
+            .iter()
+            .find(|c| c.kind == ObjectKind::Instance)
+            .unwrap()
+            .clone();
+        assert!(!is_rolled(&create, &t), "a new instance is the executor's");
+        let mut update = create.clone();
+        update.action = Action::Update;
+        assert!(is_rolled(&update, &t));
+        let mut replace = create.clone();
+        replace.action = Action::Replace;
+        assert!(is_rolled(&replace, &t));
+        let mut stranger = update;
+        stranger.resource = Some("gone".into());
+        assert!(
+            !is_rolled(&stranger, &t),
+            "no strategy for an unknown resource"
+        );
+    }
 }
