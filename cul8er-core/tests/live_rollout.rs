@@ -552,3 +552,63 @@ async fn an_image_change_keeps_the_old_instance_until_the_replacement_passes() {
     );
     incus(&["exec", &app, "--", "test", "-f", "/root/marker"]);
 }
+
+fn crash_source(name: &str, version: &str, start: &str) -> String {
+    format!(
+        r#"topology {name} {{
+    host local
+    resource app {{
+        image "{image}"
+        release app version="{version}" {{
+            start "{start}"
+            before-start "mkdir -p /srv/www"
+            before-start "sh -c 'echo app {version} > /srv/www/index.html'"
+        }}
+        strategy rolling {{
+            health command "true" interval="1s" timeout="1s" retries=2 min-healthy-time="6s" deadline="30s"
+        }}
+    }}
+}}
+"#,
+        image = image(),
+    )
+}
+
+/// A release whose service exits 2 s after it starts (and is started again by the
+/// image's init): its check (`true`) always passes, so only the crash watch can fail
+/// the gate — and it must, before min-healthy-time is over; the snapshot is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_exits_after_starting_is_caught_by_the_crash_watch_and_rolled_back() {
+    let tag = tag();
+    let name = format!("cul8er-t-crash-{tag:x}");
+    let _cleanup = Cleanup {
+        topology: name.clone(),
+        network: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{name}-app-1");
+    let d = deployment(
+        dir.path(),
+        &crash_source(&name, "1", "httpd -f -p 8080 -h /srv/www"),
+    );
+    let (report, events) = apply(&d).await;
+    assert!(
+        report.outcome.succeeded(),
+        "{:#?}\n{events:#?}",
+        report.outcome
+    );
+
+    let d = deployment(
+        dir.path(),
+        &crash_source(&name, "2", "sh -c 'sleep 2; exit 1'"),
+    );
+    let (bad, events) = apply(&d).await;
+    assert!(!bad.outcome.succeeded(), "{events:#?}");
+    let record = bad.rollout.unwrap();
+    assert!(
+        matches!(&record.result, RolloutResult::RolledBack { reason } if reason.contains("health gate")),
+        "{record:#?}\n{events:#?}"
+    );
+    let restored = incus(&["exec", &app, "--", "cat", "/srv/www/index.html"]);
+    assert_eq!(restored.trim(), "app 1");
+}
