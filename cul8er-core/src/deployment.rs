@@ -190,6 +190,9 @@ pub struct Status {
     pub pending: plan::Summary,
     /// The lease, when someone is applying.
     pub lease: Option<LeaseRecord>,
+    /// Each host's edge: its backends with weights and health, as the proxy reports.
+    #[serde(default)]
+    pub edges: Vec<crate::edge::EdgeStatus>,
 }
 
 /// One deployment found by `list`.
@@ -585,11 +588,13 @@ impl Deployment {
             }
         }
         instances.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
+        let edges = crate::edge::edge_status(&desired, &observed);
         Ok(Status {
             topology: self.topology.name.clone(),
             instances,
             pending: plan.summary,
             lease: self.lock_status().await?,
+            edges,
         })
     }
 

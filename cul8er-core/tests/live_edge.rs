@@ -332,6 +332,13 @@ async fn three_replicas_behind_the_edge_share_traffic_survive_a_stop_and_keep_cl
         again.notes
     );
 
+    // Status shows the edge's backends with weights and health.
+    let status = d.status().await.unwrap();
+    assert_eq!(status.edges.len(), 1);
+    let report = status.edges[0].health.as_ref().expect("the edge runs");
+    assert_eq!(report.services[0].available, 3, "{report:?}");
+    assert!(report.services[0].backends.iter().all(|b| b.weight == 1));
+
     // Stop one replica: once the edge has ejected it, no request fails.
     let client = incus_api::Client::unix(socket()).unwrap();
     let edge = Edge::connect(&client, &edge_name);

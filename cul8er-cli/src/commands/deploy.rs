@@ -478,6 +478,32 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
         ]);
     }
     let mut out = format!("topology {}\n{}", status.topology, table(&rows));
+    for edge in &status.edges {
+        out.push_str(&format!("edge {} on host {}:\n", edge.instance, edge.host));
+        let Some(health) = &edge.health else {
+            out.push_str("  not running; `cul8er apply` starts it\n");
+            continue;
+        };
+        for service in &health.services {
+            out.push_str(&format!(
+                "  service {}: {} of {} available\n",
+                service.name,
+                service.available,
+                service.backends.len()
+            ));
+            for b in &service.backends {
+                let state = if b.ejected {
+                    "ejected".to_owned()
+                } else {
+                    format!("{:?}", b.health).to_lowercase()
+                };
+                out.push_str(&format!(
+                    "    {} {} weight {} {state}\n",
+                    b.name, b.address, b.weight
+                ));
+            }
+        }
+    }
     let p = &status.pending;
     if p.create + p.update + p.replace + p.delete == 0 {
         out.push_str("In sync with the topology.\n");

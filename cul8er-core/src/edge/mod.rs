@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use desire::EdgeCollector;
 pub use desire::through_edge;
-pub use reconcile::{ObservedEdge, converge, observe_edge, plan_edges};
+pub use reconcile::{EdgeStatus, ObservedEdge, converge, edge_status, observe_edge, plan_edges};
 pub use spec::{
     Addresses, DesiredEdge, EDGE_RESOURCE, EdgeBackend, EdgeBinary, EdgeBinaryError, EdgeListener,
     EdgeService, describe, describe_pending, edge_instance_name, locate_binary, proxy_config,

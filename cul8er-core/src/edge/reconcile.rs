@@ -106,6 +106,36 @@ pub async fn observe_edge(
     observed
 }
 
+/// One host's edge as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    /// The host.
+    pub host: String,
+    /// The edge instance.
+    pub instance: String,
+    /// Every backend with its weight and health; `None` when the proxy does not run.
+    pub health: Option<HealthReport>,
+}
+
+/// The edges `desired` asks for, with the health `observed` read from them.
+#[must_use]
+pub fn edge_status(desired: &Desired, observed: &Observed) -> Vec<EdgeStatus> {
+    desired
+        .instances
+        .iter()
+        .filter_map(|i| i.edge.as_deref())
+        .map(|edge| EdgeStatus {
+            host: edge.host.clone(),
+            instance: edge.instance.clone(),
+            health: observed
+                .hosts
+                .get(&edge.host)
+                .and_then(|h| h.edge.as_ref())
+                .and_then(|e| e.health.clone()),
+        })
+        .collect()
+}
+
 /// The plan's change for each edge `desired` asks for.
 #[must_use]
 pub fn plan_edges(desired: &Desired, observed: &Observed) -> (Vec<Change>, Vec<String>) {
