@@ -287,3 +287,208 @@ pub async fn converge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{DesireOptions, desire};
+    use crate::edge::EdgeBinary;
+    use crate::observe::ObservedInstance;
+    use crate::topology::{self, LoadOptions};
+
+    fn desired(source: &str) -> Desired {
+        let env = |_: &str| None;
+        let topology = topology::parse_one(source, "t.kdl", &LoadOptions::new(&env)).unwrap();
+        let options = DesireOptions {
+            edge_binary: Some(EdgeBinary {
+                path: "/nowhere/cul8er-proxy".into(),
+                sha256: "ab".repeat(32),
+            }),
+            ..DesireOptions::default()
+        };
+        desire(&topology, &options).unwrap()
+    }
+
+    const WEB: &str = r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+        resource web { image "cul8er-busybox"; replicas 2; network n { expose 8080 public=18080 protocol=http; }; }; }"#;
+
+    fn running(desired: &Desired) -> Observed {
+        let mut observed = Observed {
+            topology: "t".into(),
+            ..Observed::default()
+        };
+        let host = observed.hosts.entry("local".into()).or_default();
+        for instance in &desired.instances {
+            host.instances.push(ObservedInstance {
+                name: instance.name.clone(),
+                instance_type: "container".into(),
+                status: "Running".into(),
+                profiles: instance.profiles.clone(),
+                config: instance.config.clone(),
+                devices: instance.devices.clone(),
+                location: "none".into(),
+            });
+        }
+        observed
+    }
+
+    fn addresses(last: [u8; 2]) -> Addresses {
+        (1..=2)
+            .map(|i| {
+                let ip = IpAddr::from([10, 9, 0, last[i - 1]]);
+                (
+                    format!("t-web-{i}"),
+                    BTreeMap::from([("eth0".to_owned(), ip)]),
+                )
+            })
+            .collect()
+    }
+
+    fn edge_of(desired: &Desired) -> &DesiredEdge {
+        desired
+            .instances
+            .iter()
+            .find_map(|i| i.edge.as_deref())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_edge_is_created_with_addresses_read_at_apply() {
+        let d = desired(WEB);
+        let (changes, _) = plan_edges(&d, &running(&d));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].action, Action::Create);
+        assert!(changes[0].reason.as_deref().unwrap().contains("t-web-2"));
+        let service = changes[0]
+            .fields
+            .iter()
+            .find(|f| f.field == "service.web")
+            .unwrap();
+        assert!(
+            service
+                .new
+                .as_deref()
+                .unwrap()
+                .contains("t-web-1=(address at apply):8080 w1")
+        );
+    }
+
+    #[test]
+    fn the_running_configuration_plans_nothing_and_a_moved_address_updates_it() {
+        let d = desired(WEB);
+        let edge = edge_of(&d);
+        let mut observed = running(&d);
+        let config = proxy_config(edge, &addresses([11, 12])).unwrap();
+        let host = observed.hosts.get_mut("local").unwrap();
+        host.edge = Some(ObservedEdge {
+            addresses: addresses([11, 12]),
+            config: Some(config),
+            health: None,
+        });
+        let (changes, _) = plan_edges(&d, &observed);
+        assert_eq!(changes[0].action, Action::None, "{:?}", changes[0]);
+
+        // web-2 came back with another lease.
+        observed
+            .hosts
+            .get_mut("local")
+            .unwrap()
+            .edge
+            .as_mut()
+            .unwrap()
+            .addresses = addresses([11, 13]);
+        let (changes, _) = plan_edges(&d, &observed);
+        assert_eq!(changes[0].action, Action::Update);
+        let field = &changes[0].fields[0];
+        assert_eq!(field.field, "service.web");
+        assert!(field.old.as_deref().unwrap().contains("10.9.0.12:8080"));
+        assert!(field.new.as_deref().unwrap().contains("10.9.0.13:8080"));
+    }
+
+    #[test]
+    fn weights_changed_by_hand_are_put_back() {
+        let d = desired(WEB);
+        let edge = edge_of(&d);
+        let mut observed = running(&d);
+        let mut config = proxy_config(edge, &addresses([11, 12])).unwrap();
+        config.services[0].backends[1].weight = 0;
+        observed.hosts.get_mut("local").unwrap().edge = Some(ObservedEdge {
+            addresses: addresses([11, 12]),
+            config: Some(config),
+            health: None,
+        });
+        let (changes, _) = plan_edges(&d, &observed);
+        assert_eq!(changes[0].action, Action::Update);
+        assert!(
+            changes[0].fields[0]
+                .old
+                .as_deref()
+                .unwrap()
+                .contains("t-web-2=10.9.0.12:8080 w0")
+        );
+    }
+
+    #[test]
+    fn moving_a_single_replica_from_its_proxy_device_to_the_edge_is_planned() {
+        // What an earlier cul8er made: api published by its own proxy device.
+        let tcp = desired(
+            r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+               resource api { image "cul8er-busybox"; network n { expose 8080 public=18081 protocol=tcp; }; }; }"#,
+        );
+        let http = desired(
+            r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+               resource api { image "cul8er-busybox"; network n { expose 8080 public=18081 protocol=http; }; }; }"#,
+        );
+        let plan = crate::plan::plan(&http, &running(&tcp));
+        let api = plan.changes.iter().find(|c| c.name == "t-api-1").unwrap();
+        assert_eq!(api.action, Action::Update);
+        assert!(
+            api.fields
+                .iter()
+                .any(|f| f.field == "devices.expose-18081" && f.new.is_none()),
+            "{api:?}"
+        );
+        let edge = plan
+            .changes
+            .iter()
+            .filter(|c| c.name == "t-edge")
+            .map(|c| (c.kind, c.action))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            edge,
+            [
+                (ObjectKind::Instance, Action::Create),
+                (ObjectKind::Edge, Action::Create)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replicated_tcp_port_gets_a_tcp_listener() {
+        let d = desired(
+            r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+               resource db { image "cul8er-busybox"; replicas 2; network n { expose 5432 public=15432 protocol=tcp; }; }; }"#,
+        );
+        let edge = edge_of(&d);
+        let addresses: Addresses = (1..=2)
+            .map(|i| {
+                (
+                    format!("t-db-{i}"),
+                    BTreeMap::from([("eth0".to_owned(), IpAddr::from([10, 9, 0, 20 + i]))]),
+                )
+            })
+            .collect();
+        let config = proxy_config(edge, &addresses).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.listeners[0].mode,
+            cul8er_proxy::config::ListenerMode::Tcp
+        );
+        assert_eq!(config.listeners[0].service.as_deref(), Some("db"));
+        assert!(config.listeners[0].proxy_protocol);
+        assert_eq!(
+            config.services[0].health_check.as_ref().unwrap().kind,
+            cul8er_proxy::config::CheckKind::Tcp
+        );
+    }
+}
