@@ -612,3 +612,80 @@ async fn a_service_that_exits_after_starting_is_caught_by_the_crash_watch_and_ro
     let restored = incus(&["exec", &app, "--", "cat", "/srv/www/index.html"]);
     assert_eq!(restored.trim(), "app 1");
 }
+
+/// The rolling update on the Debian image, where the release runs under systemd:
+/// v1 → v2 passes with a snapshot taken; v3 whose check fails is restored to v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_on_the_debian_image_with_systemd() {
+    let debian =
+        std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_else(|_| "cul8er-debian".into());
+    let tag = tag();
+    let name = format!("cul8er-t-deb-{tag:x}");
+    let _cleanup = Cleanup {
+        topology: name.clone(),
+        network: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{name}-app-1");
+    let source = |version: &str, marker: &str| {
+        format!(
+            r#"topology {name} {{
+    host local
+    resource app {{
+        image "{debian}"
+        release app version="{version}" {{
+            start "/bin/sleep 1000000"
+            before-start "/bin/sh -c 'echo app {version} > /root/version'"
+        }}
+        strategy rolling {{
+            health command "/bin/grep" "-q" "{marker}" "/root/version" interval="1s" timeout="1s" retries=2 min-healthy-time="2s" deadline="60s"
+        }}
+    }}
+}}
+"#
+        )
+    };
+    let d = deployment(dir.path(), &source("1", "app"));
+    let (report, events) = apply(&d).await;
+    assert!(
+        report.outcome.succeeded(),
+        "{:#?}\n{events:#?}",
+        report.outcome
+    );
+
+    let d = deployment(dir.path(), &source("2", "app"));
+    let (report, events) = apply(&d).await;
+    assert!(
+        report.outcome.succeeded(),
+        "{:#?}\n{events:#?}",
+        report.outcome
+    );
+    assert_eq!(
+        report.rollout.unwrap().result,
+        RolloutResult::Succeeded,
+        "{events:#?}"
+    );
+    assert_eq!(
+        incus(&["exec", &app, "--", "cat", "/root/version"]).trim(),
+        "app 2"
+    );
+    let snapshots = incus(&["snapshot", "list", &app, "--format", "csv", "-c", "n"]);
+    assert!(
+        snapshots.contains(&format!("cul8er-{}", report.revision)),
+        "{snapshots}"
+    );
+
+    let d = deployment(dir.path(), &source("3", "never-there"));
+    let (bad, events) = apply(&d).await;
+    assert!(
+        matches!(
+            bad.rollout.unwrap().result,
+            RolloutResult::RolledBack { .. }
+        ),
+        "{events:#?}"
+    );
+    assert_eq!(
+        incus(&["exec", &app, "--", "cat", "/root/version"]).trim(),
+        "app 2"
+    );
+}
