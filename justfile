@@ -54,7 +54,7 @@ lint:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # The benchmarks, each printed side by side with its peers and as ratios.
-bench: setup bench-proxy bench-topology bench-incus-api bench-apply bench-edge
+bench: setup bench-proxy bench-topology bench-incus-api bench-apply bench-edge bench-rollout
     @echo "no benchmarks yet"
 
 # GET /1.0 and instance-list latency, and launching/deleting 20 containers: incus-api vs
@@ -83,6 +83,16 @@ fuzz SECONDS="300":
 # and a sequential `incus launch` loop, and the planner alone on 1,000 and 10,000 resources.
 bench-apply: proxy-static
     bash bench/apply/run.sh
+
+# Nothing -> 3 replicas serving through the edge (time, share waiting on Incus), and a
+# rolling update of 3 replicas against a scripted replay of the same calls (ratio).
+bench-rollout: proxy-static
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -a
+    . /run/cul8er-test-env
+    set +a
+    cargo bench -p cul8er-core --bench rollout
 
 # Publishing the edge: req/s and latency through a proxy device (with and without the
 # PROXY protocol), nat=true and a network forward; loopback and a test bridge only.
