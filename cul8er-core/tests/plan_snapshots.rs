@@ -256,11 +256,22 @@ fn changed_limits_update_in_place_without_restart() {
 #[test]
 fn a_changed_image_replaces() {
     let before = desire(&demo_source());
-    let after = desire(&demo_source().replacen(
-        "image \"cul8er-busybox\"\n        network demo-net\n",
-        "image \"cul8er-busybox-2\"\n        network demo-net\n",
-        1,
-    ));
+    // The worker's image, however the file spells the string.
+    let source = demo_source();
+    let changed = ["image \"cul8er-busybox\"", "image cul8er-busybox"]
+        .iter()
+        .find_map(|image| {
+            let old = format!("{image}\n        network demo-net\n");
+            source.contains(&old).then(|| {
+                source.replacen(
+                    &old,
+                    "image \"cul8er-busybox-2\"\n        network demo-net\n",
+                    1,
+                )
+            })
+        })
+        .expect("the demo's worker names its image");
+    let after = desire(&changed);
     let plan = plan::plan(&after, &converged(&before));
     let worker = change(&plan, "demo-worker-1");
     assert_eq!(worker.action, Action::Replace);
