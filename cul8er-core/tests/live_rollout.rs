@@ -374,6 +374,12 @@ async fn rolling_update_behind_the_edge_serves_throughout_and_a_failed_gate_roll
         failures.is_empty(),
         "failed requests during v1 → v2: {failures:?}"
     );
+    // The load really ran during the rollout: zero failures out of many requests.
+    let served: u64 = answers.values().sum();
+    assert!(
+        served >= 100,
+        "only {served} answers during v1 → v2: {answers:?}"
+    );
     let allowed = BTreeSet::from(["web 1".to_owned(), "web 2".to_owned()]);
     assert!(
         answers.keys().all(|a| allowed.contains(a)),
@@ -428,6 +434,8 @@ async fn rolling_update_behind_the_edge_serves_throughout_and_a_failed_gate_roll
         failures.is_empty(),
         "failed requests during v3: {failures:?}"
     );
+    let served: u64 = answers.values().sum();
+    assert!(served >= 50, "only {served} answers during v3: {answers:?}");
     assert_eq!(
         answers.keys().cloned().collect::<BTreeSet<_>>(),
         BTreeSet::from(["web 2".to_owned()]),
