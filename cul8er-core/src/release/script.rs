@@ -150,9 +150,18 @@ pub(super) fn prepare_script() -> String {
         r#"set -eu
 app="$1"; user="$2"; version="$3"
 base="/opt/$app"
-{DETECT_INIT}echo "init=$init"
+{DETECT_INIT}
+# An instance that has just started may not show its init yet (systemd creates
+# /run/systemd/system a moment after it starts): look again for a while.
+waited=0
+while [ "$init" = unknown ] && [ "$waited" -lt 30 ]; do
+    sleep 1
+    waited=$((waited + 1))
+    {DETECT_INIT}
+done
+echo "init=$init"
 if [ "$init" = unknown ]; then
-    echo "no supported init: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
+    echo "no supported init after ${{waited}} s: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
     exit 3
 fi
 if ! id -u "$user" >/dev/null 2>&1; then
