@@ -181,6 +181,17 @@ fn later_capabilities_are_named_per_topology() {
         .map(LaterCapability::block)
         .collect();
     assert_eq!(used, ["secrets", "cluster"]);
+    // Traffic-switching rollouts are refused until they land, never run as rolling.
+    let used: Vec<LaterCapability> = load_example("blue-green.kdl")
+        .later_capabilities()
+        .into_iter()
+        .collect();
+    assert!(used.contains(&LaterCapability::BlueGreen), "{used:?}");
+    let used: Vec<LaterCapability> = load_example("canary.kdl")
+        .later_capabilities()
+        .into_iter()
+        .collect();
+    assert!(used.contains(&LaterCapability::Canary), "{used:?}");
 }
 
 #[test]
