@@ -62,8 +62,12 @@ impl EdgeBinary {
     /// [`EdgeBinaryError::Read`] (its source names the file).
     pub fn read(path: &Path) -> Result<Self, EdgeBinaryError> {
         let bytes = fs_err::read(path).map_err(EdgeBinaryError::Read)?;
+        // A relative path (as `CUL8ER_PROXY_BINARY=target/...` gives) means the working
+        // directory: made absolute here, it is never taken relative to the topology's
+        // directory, where release artifacts are looked for.
+        let path = std::path::absolute(path).map_err(EdgeBinaryError::Read)?;
         Ok(Self {
-            path: path.to_owned(),
+            path,
             sha256: hex::encode(Sha256::digest(&bytes)),
         })
     }
@@ -350,4 +354,21 @@ pub fn describe_pending(edge: &DesiredEdge) -> BTreeMap<String, String> {
         lines.insert(format!("service.{}", service.name), backends.join(", "));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_binary_path_is_taken_from_the_working_directory() {
+        // Cargo runs unit tests in the crate's directory, where Cargo.toml is.
+        let binary = EdgeBinary::read(Path::new("Cargo.toml")).unwrap();
+        assert!(binary.path.is_absolute(), "{:?}", binary.path);
+        assert_eq!(
+            binary.path,
+            std::env::current_dir().unwrap().join("Cargo.toml")
+        );
+        assert_eq!(binary.version().len(), 16);
+    }
 }
