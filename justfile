@@ -20,9 +20,9 @@ teardown:
 demo: setup proxy-static
     cargo build --quiet -p cul8er-cli
     CUL8ER_PROXY_BINARY=target/x86_64-unknown-linux-gnu/release/cul8er-proxy target/debug/cul8er apply examples/demo.kdl --auto-approve
-    target/debug/cul8er status examples/demo.kdl
+    CUL8ER_PROXY_BINARY=target/x86_64-unknown-linux-gnu/release/cul8er-proxy target/debug/cul8er status examples/demo.kdl
     @echo "The api answers on http://127.0.0.1:18081/ and web on http://127.0.0.1:18080/ (through the edge)."
-    @echo "Remove it with: target/debug/cul8er destroy examples/demo.kdl --auto-approve"
+    @echo "Remove it with: CUL8ER_PROXY_BINARY=target/x86_64-unknown-linux-gnu/release/cul8er-proxy target/debug/cul8er destroy examples/demo.kdl --auto-approve"
 
 # Every test: unit, decoding, and live against the real Incus environment (CUL8ER_TEST_* variables).
 test: setup proxy-static
