@@ -523,7 +523,7 @@ async fn an_image_change_keeps_the_old_instance_until_the_replacement_passes() {
     assert!(
         events
             .iter()
-            .any(|e| e.contains(&format!("keeping the old instance as {app}-prev"))),
+            .any(|e| e.contains(&format!("keeping the old instance as {app}-old"))),
         "{events:#?}"
     );
     let left = instances_named(&format!("{name}-"));

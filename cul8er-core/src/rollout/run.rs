@@ -26,8 +26,9 @@ pub struct RolloutReport {
     pub record: Option<RolloutRecord>,
 }
 
-/// Suffix of an instance kept, stopped, while its replacement proves itself.
-const KEPT_SUFFIX: &str = "-prev";
+// The suffix of an instance kept, stopped, while its replacement proves itself: the
+// one that name validation leaves room for.
+use crate::topology::names::KEPT_SUFFIX;
 
 /// How a changed instance is put back.
 #[derive(Debug, Clone)]

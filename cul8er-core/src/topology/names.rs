@@ -14,7 +14,10 @@ pub const MAX_INSTANCE_NAME: usize = 63;
 pub const ROLLOUT_SUFFIX_BUDGET: usize = 4;
 
 /// The suffixes rollouts add, longest last.
-pub const ROLLOUT_SUFFIXES: [&str; 4] = ["-b", "-g", "-c", "-old"];
+pub const ROLLOUT_SUFFIXES: [&str; 4] = ["-b", "-g", "-c", KEPT_SUFFIX];
+
+/// The suffix of an instance kept, stopped, while its replacement proves itself.
+pub const KEPT_SUFFIX: &str = "-old";
 
 /// The name of replica `replica` (from 1) of `resource` in `topology`.
 #[must_use]
