@@ -8,80 +8,23 @@
 //! Needs the static proxy binary (`just proxy-static`, or `CUL8ER_PROXY_BINARY`).
 #![allow(clippy::unwrap_used)]
 
+mod live_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cul8er_core::edge::{Edge, EdgeBinary};
+use cul8er_core::edge::Edge;
 use cul8er_core::execute::Cancel;
 use cul8er_core::lock::Holder;
 use cul8er_core::plan::{Action, ObjectKind};
 use cul8er_core::state::StateDir;
 use cul8er_core::topology::{self, LoadOptions};
 use cul8er_core::{ApplyRequest, Deployment};
+use live_support::{image, incus, incus_quiet, instances_named, proxy_binary, socket};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-fn socket() -> PathBuf {
-    std::env::var_os("CUL8ER_TEST_INCUS_SOCKET").map_or_else(
-        || PathBuf::from("/var/lib/incus/unix.socket"),
-        PathBuf::from,
-    )
-}
-
-fn image() -> String {
-    std::env::var("CUL8ER_TEST_IMAGE").unwrap_or_else(|_| "cul8er-busybox".into())
-}
-
-fn proxy_binary() -> EdgeBinary {
-    let path = std::env::var_os("CUL8ER_PROXY_BINARY").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/x86_64-unknown-linux-gnu/release/cul8er-proxy"
-            ))
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no static cul8er-proxy at {}: run `just proxy-static` or set CUL8ER_PROXY_BINARY",
-        path.display()
-    );
-    EdgeBinary::read(&path).unwrap()
-}
-
-fn incus(args: &[&str]) -> String {
-    let out = Command::new("incus")
-        .env("INCUS_SOCKET", socket())
-        .args(args)
-        .output()
-        .expect("run incus");
-    assert!(
-        out.status.success(),
-        "incus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn incus_quiet(args: &[&str]) {
-    let _ = Command::new("incus")
-        .env("INCUS_SOCKET", socket())
-        .args(args)
-        .output();
-}
-
-fn instances_named(prefix: &str) -> BTreeMap<String, String> {
-    incus(&["list", "--format", "csv", "-c", "ns"])
-        .lines()
-        .filter_map(|l| l.split_once(','))
-        .filter(|(name, _)| name.starts_with(prefix))
-        .map(|(n, s)| (n.to_owned(), s.to_owned()))
-        .collect()
-}
 
 /// Removes the topology's instances, bridge and server keys when dropped.
 struct Cleanup {

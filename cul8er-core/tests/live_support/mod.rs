@@ -15,6 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cul8er_core::Deployment;
+use cul8er_core::edge::EdgeBinary;
 use cul8er_core::state::StateDir;
 use cul8er_core::topology::{self, LoadOptions, Topology};
 
@@ -27,6 +28,26 @@ pub fn socket() -> PathBuf {
 
 pub fn image() -> String {
     std::env::var("CUL8ER_TEST_IMAGE").unwrap_or_else(|_| "cul8er-busybox".into())
+}
+
+/// The static `cul8er-proxy` for the edge container (`CUL8ER_PROXY_BINARY`, or the
+/// `just proxy-static` output); a panic that says how to build it when it is missing.
+pub fn proxy_binary() -> EdgeBinary {
+    let path = std::env::var_os("CUL8ER_PROXY_BINARY").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/x86_64-unknown-linux-gnu/release/cul8er-proxy"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no static cul8er-proxy at {}: run `just proxy-static` or set CUL8ER_PROXY_BINARY",
+        path.display()
+    );
+    EdgeBinary::read(&path).unwrap()
 }
 
 pub fn client() -> incus_api::Client {
