@@ -581,6 +581,23 @@ impl Executor {
             .map_err(|e| incus("update", "volume", change, e))
     }
 
+    /// Sends an instance operation and waits for it; a failure of either is `what` on
+    /// the instance of `change`.
+    async fn run_op(
+        &self,
+        what: &'static str,
+        change: &Change,
+        request: impl Future<Output = Result<incus_api::PendingOperation, incus_api::Error>>,
+        waited: &mut Waited,
+    ) -> Result<(), StepError> {
+        let op = request
+            .await
+            .map_err(|e| incus(what, "instance", change, e))?;
+        self.wait(op, waited)
+            .await
+            .map_err(|e| incus(what, "instance", change, e))
+    }
+
     async fn wait(
         &self,
         op: incus_api::PendingOperation,
@@ -717,14 +734,13 @@ impl Executor {
             .await
             .map_err(|e| incus("read", "instance", change, e))?;
         if !state.is_running() {
-            let op = client
-                .instances()
-                .start(&desired.name)
-                .await
-                .map_err(|e| incus("start", "instance", change, e))?;
-            self.wait(op, waited)
-                .await
-                .map_err(|e| incus("start", "instance", change, e))?;
+            self.run_op(
+                "start",
+                change,
+                client.instances().start(&desired.name),
+                waited,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -755,14 +771,15 @@ impl Executor {
             .map(|(k, v)| (k.clone(), v.clone().into_iter().collect()))
             .collect();
         put.profiles.clone_from(&desired.profiles);
-        let op = client
-            .instances()
-            .update(&desired.name, &put, etag.as_deref())
-            .await
-            .map_err(|e| incus("update", "instance", change, e))?;
-        self.wait(op, waited)
-            .await
-            .map_err(|e| incus("update", "instance", change, e))
+        self.run_op(
+            "update",
+            change,
+            client
+                .instances()
+                .update(&desired.name, &put, etag.as_deref()),
+            waited,
+        )
+        .await
     }
 
     async fn update_instance(
@@ -776,24 +793,22 @@ impl Executor {
         self.put_instance(client, change, desired, waited).await?;
         if change.start {
             progress("starting");
-            let op = client
-                .instances()
-                .start(&desired.name)
-                .await
-                .map_err(|e| incus("start", "instance", change, e))?;
-            self.wait(op, waited)
-                .await
-                .map_err(|e| incus("start", "instance", change, e))?;
+            self.run_op(
+                "start",
+                change,
+                client.instances().start(&desired.name),
+                waited,
+            )
+            .await?;
         } else if change.restart {
             progress("restarting");
-            let op = client
-                .instances()
-                .restart(&desired.name, false)
-                .await
-                .map_err(|e| incus("restart", "instance", change, e))?;
-            self.wait(op, waited)
-                .await
-                .map_err(|e| incus("restart", "instance", change, e))?;
+            self.run_op(
+                "restart",
+                change,
+                client.instances().restart(&desired.name, false),
+                waited,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -811,13 +826,13 @@ impl Executor {
             Err(e) => return Err(incus("read", "instance", change, e)),
         };
         if current.is_running() || current.status.eq_ignore_ascii_case("frozen") {
-            let op = instances
-                .stop(&change.name, true, None)
-                .await
-                .map_err(|e| incus("stop", "instance", change, e))?;
-            self.wait(op, waited)
-                .await
-                .map_err(|e| incus("stop", "instance", change, e))?;
+            self.run_op(
+                "stop",
+                change,
+                instances.stop(&change.name, true, None),
+                waited,
+            )
+            .await?;
         }
         match instances.delete(&change.name).await {
             Ok(op) => self
