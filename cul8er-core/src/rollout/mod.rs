@@ -15,7 +15,9 @@
 //! reads them back, and [`history::rollback_target`] picks the revision `cul8er
 //! rollback` returns to.
 
+pub mod analysis;
 pub mod history;
+pub mod pending;
 mod run;
 pub mod schedule;
 pub mod snapshot;
