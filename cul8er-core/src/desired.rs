@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::topology::{
-    CpuLimit, EnvValue, ImageRef, InstanceKind, LaterCapability, NetworkKind, Release, Topology,
+    CpuLimit, EnvValue, ImageRef, InstanceKind, LaterCapability, NetworkKind, Release,
+    StrategyKind, Topology,
 };
 
 /// `user.cul8er.topology`: the topology an object belongs to.
@@ -32,6 +33,16 @@ pub const KEY_RELEASE: &str = "user.cul8er.release";
 /// `user.cul8er.revision`: the revision that last changed the object. Not part of
 /// the spec: it changes with every apply that touches the object.
 pub const KEY_REVISION: &str = "user.cul8er.revision";
+
+/// `user.cul8er.set`: the instance set of a blue-green or canary resource (`g`, `b`,
+/// `c`); absent for the first, unsuffixed set.
+pub const KEY_SET: &str = "user.cul8er.set";
+/// `user.cul8er.candidate`: set on a new set's instances until traffic switches to
+/// them; a candidate left by an interrupted rollout is deleted by the next plan.
+pub const KEY_CANDIDATE: &str = "user.cul8er.candidate";
+/// `user.cul8er.retire-after`: on an old set after the switch, the Unix time after
+/// which the next plan deletes it (until then `cul8er rollback` switches back to it).
+pub const KEY_RETIRE: &str = "user.cul8er.retire-after";
 
 /// Settings the topology does not carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +145,10 @@ pub struct DesiredInstance {
     /// changes the edge's traffic configuration as an object of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<Box<crate::edge::DesiredEdge>>,
+    /// `blue-green` or `canary` when the resource's changes come up as a parallel
+    /// set and switch traffic on the edge (not part of the spec hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<StrategyKind>,
 }
 
 /// A topology that cannot be planned yet.
@@ -362,11 +377,23 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
                 release: resource.release.clone(),
                 spec: String::new(),
                 edge: None,
+                switch: None,
             };
             instance.spec = spec_hash(&(&instance, &environment));
             instance
                 .config
                 .insert(KEY_SPEC.to_owned(), instance.spec.clone());
+            // A parallel set needs the edge to switch to: without an exposed port
+            // through it the resource rolls.
+            if resource.strategy.kind.switches_traffic()
+                && resource
+                    .networks
+                    .iter()
+                    .flat_map(|n| &n.expose)
+                    .any(|e| crate::edge::through_edge(e, resource.replicas))
+            {
+                instance.switch = Some(resource.strategy.kind);
+            }
             instances.push(instance);
         }
     }

@@ -287,7 +287,7 @@ fn phase(change: &Change) -> u8 {
     match (change.kind, change.action) {
         (ObjectKind::Network | ObjectKind::Volume, Action::Delete) => 3,
         (ObjectKind::Network | ObjectKind::Volume, _) => 0,
-        (ObjectKind::Instance, _) => 1,
+        (ObjectKind::Instance | ObjectKind::Set, _) => 1,
         // After the instances: the backends must run to have addresses.
         (ObjectKind::Edge, _) => 2,
     }
@@ -495,6 +495,10 @@ impl Executor {
                         source: Box::new(source),
                     })
             }
+            (ObjectKind::Set, _) => Err(StepError::Plan(format!(
+                "set {} switches traffic: only a rollout (`cul8er apply`) runs it",
+                change.name
+            ))),
             _ => Err(StepError::Plan(format!(
                 "{} {} {} has no target spec",
                 change.action.as_str(),

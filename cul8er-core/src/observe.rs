@@ -33,6 +33,10 @@ pub struct ObservedHost {
     /// The edge, when the topology has one on this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<crate::edge::ObservedEdge>,
+    /// When it was read, in Unix seconds (an old blue-green set is deleted once its
+    /// `user.cul8er.retire-after` time has passed); 0 when unknown.
+    #[serde(default)]
+    pub read_at: u64,
 }
 
 /// An instance as Incus holds it (its own config and devices, profiles not expanded).
@@ -150,7 +154,12 @@ pub async fn observe_host(
     let (instances, networks) = tokio::join!(instance_api.list(&options), network_api.list());
     let instances = instances.map_err(fail("the instances"))?;
     let networks = networks.map_err(fail("the networks"))?;
-    let mut host_state = ObservedHost::default();
+    let mut host_state = ObservedHost {
+        read_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..ObservedHost::default()
+    };
     for instance in instances {
         // The filter is a case-insensitive regex on the server; check exactly here.
         if instance.config.get(KEY_TOPOLOGY).map(String::as_str) != Some(topology) {

@@ -16,11 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{
-    Desired, DesiredInstance, DesiredNetwork, DesiredVolume, KEY_IMAGE, KEY_REPLICA, KEY_RESOURCE,
-    KEY_REVISION, KEY_SPEC,
+    Desired, DesiredInstance, DesiredNetwork, DesiredVolume, KEY_CANDIDATE, KEY_IMAGE, KEY_RELEASE,
+    KEY_REPLICA, KEY_RESOURCE, KEY_RETIRE, KEY_REVISION, KEY_SET, KEY_SPEC,
 };
 use crate::observe::{Observed, ObservedInstance};
-use crate::topology::InstanceKind;
+use crate::topology::{InstanceKind, StrategyKind};
 
 /// The version of the plan's JSON layout.
 pub const PLAN_FORMAT: u32 = 1;
@@ -51,6 +51,9 @@ pub enum ObjectKind {
     Volume,
     /// An instance.
     Instance,
+    /// A blue-green or canary resource's new instance set: created beside the
+    /// serving set, then traffic is switched to it on the edge.
+    Set,
     /// An edge's traffic configuration (listeners, services, backends, weights),
     /// applied after the instances it sends traffic to.
     Edge,
@@ -64,6 +67,7 @@ impl ObjectKind {
             Self::Network => "network",
             Self::Volume => "volume",
             Self::Instance => "instance",
+            Self::Set => "set",
             Self::Edge => "edge",
         }
     }
@@ -175,6 +179,29 @@ pub enum Target {
     Instance(Box<DesiredInstance>),
     /// An edge's traffic configuration.
     Edge(Box<crate::edge::DesiredEdge>),
+    /// A new instance set and its traffic switch.
+    Set(Box<SetChange>),
+}
+
+/// What a set change does: a blue-green or canary resource's new version comes up
+/// as a parallel set of instances beside the serving one, and the edge switches
+/// traffic to it (at once, or by the canary's steps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetChange {
+    /// `blue-green` or `canary`.
+    pub strategy: StrategyKind,
+    /// The new set's label (`g`, `b`, `c`, or `""` for the unsuffixed set).
+    pub set: String,
+    /// The serving set's label.
+    pub serving_set: String,
+    /// The serving set's instances, which retire after the switch.
+    pub serving: Vec<String>,
+    /// The new set's instances as they are created (names with the set's suffix).
+    pub instances: Vec<DesiredInstance>,
+    /// The new set exists already (an old set kept after the last switch, with the
+    /// spec asked for): nothing is created, traffic switches back to it.
+    #[serde(default)]
+    pub reuse: bool,
 }
 
 /// Counts by action.
@@ -416,8 +443,18 @@ fn plan_instance(
 }
 
 /// Plans the changes that make Incus hold what `desired` asks for.
+///
+/// Instances of blue-green and canary resources are matched by (host, resource,
+/// replica) within the set that serves, whatever its name suffix; a change of their
+/// spec becomes one [`ObjectKind::Set`] change for the resource (drift on one
+/// instance stays an in-place fix). Old sets kept after a switch are kept until their
+/// `user.cul8er.retire-after` time, then deleted; a candidate set left by an
+/// interrupted rollout is deleted.
 #[must_use]
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
+    let sets = SetState::read(desired, observed);
+    let resolved = sets.resolve(desired);
+    let desired = &resolved;
     let mut changes = Vec::new();
     let mut notes = desired.notes.clone();
     let empty = crate::observe::ObservedHost::default();
@@ -453,7 +490,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
     for (host, state) in &observed.hosts {
         for instance in &state.instances {
-            if !desired_instances.contains(&(host.as_str(), instance.name.as_str())) {
+            if !desired_instances.contains(&(host.as_str(), instance.name.as_str()))
+                && !sets.is_other_set(host, instance)
+            {
                 changes.push(delete(
                     host,
                     ObjectKind::Instance,
@@ -463,6 +502,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
+    let mut desired = std::borrow::Cow::Borrowed(desired);
+    sets.plan(&mut desired, &mut changes);
+    let desired = desired.as_ref();
 
     let mut desired_networks: BTreeSet<(&str, &str)> = BTreeSet::new();
     for network in &desired.networks {
@@ -744,6 +786,423 @@ impl std::fmt::Display for Plan {
                 self.topology,
                 s.unchanged + s.keep
             )
+        }
+    }
+}
+
+/// A Unix time as `YYYYMMDDTHHMMSSZ` (UTC).
+fn utc(secs: u64) -> String {
+    let id = crate::lock::revision_id(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    id.replace(".000Z", "Z")
+}
+
+/// The instance sets of one blue-green or canary resource on one host.
+#[derive(Debug)]
+struct ResourceSets<'o> {
+    strategy: StrategyKind,
+    /// The label of the set that serves (`""` before the first switch).
+    serving: String,
+    /// The serving set's instances.
+    serving_instances: Vec<&'o ObservedInstance>,
+    /// Old sets kept after a switch, until their retire-after time.
+    retiring: Vec<&'o ObservedInstance>,
+    /// Sets never switched to: left by an interrupted rollout, or strays.
+    candidates: Vec<&'o ObservedInstance>,
+}
+
+/// The sets of every blue-green and canary resource, as Incus holds them.
+#[derive(Debug)]
+struct SetState<'o> {
+    topology: String,
+    /// By (host, resource).
+    resources: BTreeMap<(String, String), ResourceSets<'o>>,
+    /// When each host was read.
+    read_at: BTreeMap<String, u64>,
+}
+
+fn set_of(instance: &ObservedInstance) -> &str {
+    instance.key(KEY_SET).unwrap_or_default()
+}
+
+fn retire_after(instance: &ObservedInstance) -> Option<u64> {
+    instance.key(KEY_RETIRE).and_then(|t| t.parse().ok())
+}
+
+impl<'o> SetState<'o> {
+    fn read(desired: &Desired, observed: &'o Observed) -> Self {
+        let mut resources = BTreeMap::new();
+        for instance in &desired.instances {
+            let Some(strategy) = instance.switch else {
+                continue;
+            };
+            let key = (instance.host.clone(), instance.resource.clone());
+            if resources.contains_key(&key) {
+                continue;
+            }
+            let held: Vec<&ObservedInstance> = observed
+                .hosts
+                .get(&instance.host)
+                .map(|h| {
+                    h.instances
+                        .iter()
+                        .filter(|i| i.key(KEY_RESOURCE) == Some(instance.resource.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut sets = ResourceSets {
+                strategy,
+                serving: String::new(),
+                serving_instances: Vec::new(),
+                retiring: Vec::new(),
+                candidates: Vec::new(),
+            };
+            let mut by_label: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
+            for found in held {
+                if found.key(KEY_CANDIDATE).is_some() {
+                    sets.candidates.push(found);
+                } else if found.key(KEY_RETIRE).is_some() {
+                    sets.retiring.push(found);
+                } else {
+                    by_label.entry(set_of(found)).or_default().push(found);
+                }
+            }
+            // The set with the most instances serves (the unsuffixed one on a tie);
+            // any other set without a key is a stray and goes.
+            let serving = by_label
+                .iter()
+                .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+                .map(|(label, _)| (*label).to_owned())
+                .unwrap_or_default();
+            for (label, found) in by_label {
+                if label == serving {
+                    sets.serving_instances = found;
+                } else {
+                    sets.candidates.extend(found);
+                }
+            }
+            sets.serving = serving;
+            resources.insert(key, sets);
+        }
+        Self {
+            topology: desired.topology.clone(),
+            resources,
+            read_at: observed
+                .hosts
+                .iter()
+                .map(|(h, s)| (h.clone(), s.read_at))
+                .collect(),
+        }
+    }
+
+    /// `desired` with each blue-green and canary instance named after its serving
+    /// set, in the instances and in the edge's backends.
+    fn resolve(&self, desired: &Desired) -> Desired {
+        let mut resolved = desired.clone();
+        let mut renamed: BTreeMap<(String, String), String> = BTreeMap::new();
+        for instance in &mut resolved.instances {
+            let Some(sets) = self
+                .resources
+                .get(&(instance.host.clone(), instance.resource.clone()))
+            else {
+                continue;
+            };
+            if sets.serving.is_empty() {
+                continue;
+            }
+            let name = crate::topology::names::set_instance_name(
+                &desired.topology,
+                &instance.resource,
+                instance.replica,
+                &sets.serving,
+            );
+            renamed.insert((instance.host.clone(), instance.name.clone()), name.clone());
+            instance.name = name;
+            instance
+                .config
+                .insert(KEY_SET.to_owned(), sets.serving.clone());
+        }
+        for instance in &mut resolved.instances {
+            let Some(edge) = instance.edge.as_deref_mut() else {
+                continue;
+            };
+            for service in &mut edge.services {
+                for backend in &mut service.backends {
+                    if let Some(name) = renamed.get(&(edge.host.clone(), backend.instance.clone()))
+                    {
+                        backend.instance.clone_from(name);
+                    }
+                }
+            }
+        }
+        resolved
+            .instances
+            .sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
+        resolved
+    }
+
+    /// Whether `instance` belongs to a set other than the serving one (planned by
+    /// [`SetState::plan`], not as an instance no longer in the topology).
+    fn is_other_set(&self, host: &str, instance: &ObservedInstance) -> bool {
+        instance.key(KEY_RESOURCE).is_some_and(|resource| {
+            self.resources
+                .get(&(host.to_owned(), resource.to_owned()))
+                .is_some_and(|sets| {
+                    sets.retiring.iter().any(|i| i.name == instance.name)
+                        || sets.candidates.iter().any(|i| i.name == instance.name)
+                })
+        })
+    }
+
+    /// Turns the instance changes of each resource whose spec changed into one set
+    /// change, and plans the other sets: candidates deleted, old sets kept (at weight
+    /// 0 on the edge) until their time, then deleted.
+    fn plan(&self, desired: &mut std::borrow::Cow<'_, Desired>, changes: &mut Vec<Change>) {
+        for ((host, resource), sets) in &self.resources {
+            let now = self.read_at.get(host).copied().unwrap_or(0);
+            let wanted: Vec<DesiredInstance> = desired
+                .instances
+                .iter()
+                .filter(|i| &i.host == host && &i.resource == resource)
+                .cloned()
+                .collect();
+            let of_resource = |c: &Change| {
+                c.kind == ObjectKind::Instance
+                    && &c.host == host
+                    && c.resource.as_deref() == Some(resource.as_str())
+            };
+            // The topology changed the spec (not drift on one instance).
+            let spec_changed = wanted.iter().any(|d| {
+                sets.serving_instances
+                    .iter()
+                    .find(|o| o.name == d.name)
+                    .is_some_and(|o| o.key(KEY_SPEC) != Some(d.spec.as_str()))
+            });
+            let mut kept: Vec<&ObservedInstance> = Vec::new();
+            let mut set_label: Option<&str> = None;
+            if spec_changed {
+                let reuse = self.reusable(sets, &wanted);
+                let label = reuse.unwrap_or_else(|| {
+                    crate::topology::names::next_set(
+                        sets.strategy == StrategyKind::Canary,
+                        &sets.serving,
+                    )
+                });
+                set_label = Some(label);
+                let removed: Vec<Change> = {
+                    let (removed, rest): (Vec<Change>, Vec<Change>) = std::mem::take(changes)
+                        .into_iter()
+                        .partition(|c| of_resource(c) && c.action != Action::Delete);
+                    *changes = rest;
+                    removed
+                };
+                changes.push(self.set_change(
+                    host,
+                    resource,
+                    sets,
+                    label,
+                    reuse.is_some(),
+                    &wanted,
+                    &removed,
+                ));
+            }
+            for instance in &sets.candidates {
+                let mut change = delete(host, ObjectKind::Instance, &instance.name, Some(resource));
+                change.reason = Some(format!(
+                    "a set of {resource} never switched to (left by an interrupted rollout)"
+                ));
+                changes.push(change);
+            }
+            for instance in &sets.retiring {
+                let label = set_of(instance);
+                let mut change = delete(host, ObjectKind::Instance, &instance.name, Some(resource));
+                let until = retire_after(instance).unwrap_or(0);
+                if set_label == Some(label) {
+                    let reuse = changes.iter().any(|c| {
+                        matches!(&c.target, Some(Target::Set(s)) if s.reuse && s.set == label && &c.host == host)
+                    });
+                    if reuse {
+                        kept.push(instance);
+                        continue;
+                    }
+                    change.reason = Some(format!(
+                        "an old set of {resource}, making room for the new set"
+                    ));
+                } else if now != 0 && until <= now {
+                    change.reason = Some(format!(
+                        "the old set of {resource}: its scale-down delay ended at {}",
+                        utc(until)
+                    ));
+                } else {
+                    change.action = Action::Keep;
+                    change.reason = Some(format!(
+                        "the old set of {resource}, kept at weight 0 until {} so that `cul8er rollback` switches back at once",
+                        utc(until)
+                    ));
+                    kept.push(instance);
+                }
+                changes.push(change);
+            }
+            if !kept.is_empty() {
+                add_standby_backends(desired.to_mut(), host, resource, &kept);
+            }
+        }
+    }
+
+    /// The label of an old set that still holds every replica with the spec wanted.
+    fn reusable(
+        &self,
+        sets: &ResourceSets<'o>,
+        wanted: &[DesiredInstance],
+    ) -> Option<&'static str> {
+        ["", "b", "g", "c"].into_iter().find(|label| {
+            *label != sets.serving
+                && !wanted.is_empty()
+                && wanted.iter().all(|d| {
+                    let name = crate::topology::names::set_instance_name(
+                        &self.topology,
+                        &d.resource,
+                        d.replica,
+                        label,
+                    );
+                    sets.retiring.iter().any(|i| {
+                        i.name == name && i.is_running() && i.key(KEY_SPEC) == Some(d.spec.as_str())
+                    })
+                })
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_change(
+        &self,
+        host: &str,
+        resource: &str,
+        sets: &ResourceSets<'o>,
+        label: &str,
+        reuse: bool,
+        wanted: &[DesiredInstance],
+        removed: &[Change],
+    ) -> Change {
+        let instances: Vec<DesiredInstance> = wanted
+            .iter()
+            .map(|d| {
+                let mut instance = d.clone();
+                instance.name = crate::topology::names::set_instance_name(
+                    &self.topology,
+                    resource,
+                    d.replica,
+                    label,
+                );
+                if label.is_empty() {
+                    instance.config.remove(KEY_SET);
+                } else {
+                    instance.config.insert(KEY_SET.to_owned(), label.to_owned());
+                }
+                if !reuse {
+                    instance
+                        .config
+                        .insert(KEY_CANDIDATE.to_owned(), "true".to_owned());
+                }
+                instance
+            })
+            .collect();
+        let serving: Vec<String> = wanted.iter().map(|d| d.name.clone()).collect();
+        let suffix = if label.is_empty() {
+            "unsuffixed".to_owned()
+        } else {
+            format!("-{label}")
+        };
+        let version = wanted
+            .first()
+            .and_then(|d| d.config.get(KEY_RELEASE))
+            .map_or(String::new(), |v| format!(", version {v}"));
+        let count = instances.len();
+        let reason = match (sets.strategy, reuse) {
+            (_, true) => format!(
+                "switch back to the old set {suffix} ({count} instances{version}), kept since the last switch"
+            ),
+            (StrategyKind::Canary, false) => format!(
+                "canary set {suffix} ({count} instances{version}) beside the stable set; traffic moves by the canary's steps; the old set is removed at 100%"
+            ),
+            _ => format!(
+                "new set {suffix} ({count} instances{version}) beside the serving set; switch; the old set is removed after the scale-down delay"
+            ),
+        };
+        let mut fields: Vec<FieldChange> = removed
+            .iter()
+            .find(|c| matches!(c.action, Action::Update | Action::Replace))
+            .map(|c| {
+                c.fields
+                    .iter()
+                    .filter(|f| f.field != "status" && f.field != format!("config.{KEY_SPEC}"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        fields.push(FieldChange {
+            field: "instances".to_owned(),
+            old: Some(serving.join(",")),
+            new: Some(
+                instances
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            live: true,
+        });
+        let name = if label.is_empty() {
+            format!("{}-{resource}", self.topology)
+        } else {
+            format!("{}-{resource}-{label}", self.topology)
+        };
+        Change {
+            host: host.to_owned(),
+            kind: ObjectKind::Set,
+            name,
+            resource: Some(resource.to_owned()),
+            action: Action::Replace,
+            drift: false,
+            restart: false,
+            start: false,
+            reason: Some(reason),
+            fields,
+            target: Some(Target::Set(Box::new(SetChange {
+                strategy: sets.strategy,
+                set: label.to_owned(),
+                serving_set: sets.serving.clone(),
+                serving,
+                instances,
+                reuse,
+            }))),
+        }
+    }
+}
+
+/// Adds `kept` (old sets) to the edge services of `resource` at weight 0.
+fn add_standby_backends(
+    desired: &mut Desired,
+    host: &str,
+    resource: &str,
+    kept: &[&ObservedInstance],
+) {
+    let mut names: Vec<&str> = kept.iter().map(|i| i.name.as_str()).collect();
+    names.sort_unstable();
+    for instance in &mut desired.instances {
+        let Some(edge) = instance.edge.as_deref_mut() else {
+            continue;
+        };
+        if edge.host != host {
+            continue;
+        }
+        for service in edge.services.iter_mut().filter(|s| s.resource == resource) {
+            for name in &names {
+                if !service.backends.iter().any(|b| b.instance == *name) {
+                    service.backends.push(crate::edge::EdgeBackend {
+                        instance: (*name).to_owned(),
+                        weight: 0,
+                    });
+                }
+            }
         }
     }
 }

@@ -407,3 +407,300 @@ fn the_same_world_gives_no_differences_and_a_moved_one_does() {
         ]
     );
 }
+
+// Blue-green and canary: instances are matched by (resource, replica) within the set
+// that serves, whatever its suffix.
+
+fn shop(strategy: &str, version: &str) -> Desired {
+    desire(&format!(
+        r#"topology shop {{
+    network shop-net subnet="10.30.0.1/24" nat=#false
+    resource web {{
+        image cul8er-busybox
+        replicas 2
+        network shop-net {{
+            expose 8080 public=18080 protocol=http
+        }}
+        release web version="{version}" {{
+            start "httpd -f -p 8080 -h /srv/www"
+        }}
+        strategy {strategy}
+    }}
+}}"#
+    ))
+}
+
+/// `observed` with the instances of resource web renamed into set `set` and given
+/// `keys`.
+fn in_set(mut observed: Observed, set: &str, keys: &[(&str, &str)]) -> Observed {
+    for instance in &mut observed.hosts.get_mut("local").unwrap().instances {
+        if instance
+            .config
+            .get(desired::KEY_RESOURCE)
+            .map(String::as_str)
+            != Some("web")
+        {
+            continue;
+        }
+        if !set.is_empty() {
+            instance.name = format!("{}-{set}", instance.name);
+            instance
+                .config
+                .insert(desired::KEY_SET.into(), set.to_owned());
+        }
+        for (key, value) in keys {
+            instance
+                .config
+                .insert((*key).to_owned(), (*value).to_owned());
+        }
+    }
+    // The edge knows the set by its names.
+    let renamed = |name: &str| {
+        if set.is_empty() || !name.starts_with("shop-web-") {
+            name.to_owned()
+        } else {
+            format!("{name}-{set}")
+        }
+    };
+    let edge = observed
+        .hosts
+        .get_mut("local")
+        .unwrap()
+        .edge
+        .as_mut()
+        .unwrap();
+    edge.addresses = std::mem::take(&mut edge.addresses)
+        .into_iter()
+        .map(|(name, nics)| (renamed(&name), nics))
+        .collect();
+    for service in &mut edge.config.as_mut().unwrap().services {
+        for backend in &mut service.backends {
+            backend.name = renamed(&backend.name);
+        }
+    }
+    observed
+}
+
+/// The web instances of `from` added to `into`.
+fn beside(mut into: Observed, from: Observed) -> Observed {
+    let extra: Vec<ObservedInstance> = from.hosts["local"]
+        .instances
+        .iter()
+        .filter(|i| i.config.get(desired::KEY_RESOURCE).map(String::as_str) == Some("web"))
+        .cloned()
+        .collect();
+    into.hosts.get_mut("local").unwrap().instances.extend(extra);
+    // On the edge at weight 0, at addresses of their own.
+    let theirs = from.hosts["local"].edge.clone().unwrap();
+    let edge = into.hosts.get_mut("local").unwrap().edge.as_mut().unwrap();
+    for (name, nics) in theirs.addresses {
+        let moved = nics
+            .into_iter()
+            .map(|(nic, ip)| match ip {
+                std::net::IpAddr::V4(v4) => {
+                    let [a, b, c, d] = v4.octets();
+                    (nic, std::net::IpAddr::from([a, b, c, d + 100]))
+                }
+                other => (nic, other),
+            })
+            .collect();
+        edge.addresses.insert(name, moved);
+    }
+    let config = edge.config.as_mut().unwrap();
+    for (service, old) in config
+        .services
+        .iter_mut()
+        .zip(theirs.config.unwrap().services)
+    {
+        for mut backend in old.backends {
+            backend.weight = 0;
+            if let std::net::SocketAddr::V4(v4) = &mut backend.address {
+                let [a, b, c, d] = v4.ip().octets();
+                v4.set_ip(std::net::Ipv4Addr::new(a, b, c, d + 100));
+            }
+            service.backends.push(backend);
+        }
+    }
+    into
+}
+
+fn at(mut observed: Observed, now: u64) -> Observed {
+    for host in observed.hosts.values_mut() {
+        host.read_at = now;
+    }
+    observed
+}
+
+#[test]
+fn a_first_blue_green_deploy_is_an_ordinary_create() {
+    let plan = plan::plan(&shop("blue-green", "1.0.0"), &Observed::default());
+    assert!(
+        plan.changes
+            .iter()
+            .all(|c| c.action == Action::Create && c.kind != plan::ObjectKind::Set)
+    );
+    assert!(plan.changes.iter().any(|c| c.name == "shop-web-1"));
+}
+
+#[test]
+fn a_new_blue_green_version_is_one_set_change() {
+    let before = shop("blue-green", "1.0.0");
+    let plan = plan::plan(&shop("blue-green", "1.1.0"), &converged(&before));
+    let set = change(&plan, "shop-web-g");
+    assert_eq!(set.kind, plan::ObjectKind::Set);
+    assert_eq!(set.action, Action::Replace);
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| c.kind == plan::ObjectKind::Instance && c.is_change()),
+        "no instance changes of their own: {plan}"
+    );
+    let Some(plan::Target::Set(target)) = &set.target else {
+        panic!("a set target");
+    };
+    assert_eq!(target.serving, ["shop-web-1", "shop-web-2"]);
+    let names: Vec<&str> = target.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["shop-web-1-g", "shop-web-2-g"]);
+    assert_eq!(target.instances[0].config[desired::KEY_SET], "g");
+    assert_eq!(target.instances[0].config[desired::KEY_CANDIDATE], "true");
+    assert!(!target.reuse);
+    assert_eq!(plan.summary.replace, 1);
+    insta::assert_snapshot!(plan.to_string());
+}
+
+#[test]
+fn a_canary_alternates_between_the_c_set_and_the_unsuffixed_one() {
+    let v1 = shop("canary", "1.0.0");
+    let plan = plan::plan(&shop("canary", "1.1.0"), &converged(&v1));
+    assert!(
+        change(&plan, "shop-web-c")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("canary set -c (2 instances, version 1.1.0)")
+    );
+    // Once the canary serves, the next one is unsuffixed again.
+    let v2 = shop("canary", "1.1.0");
+    let serving = in_set(converged(&v2), "c", &[]);
+    let plan = plan::plan(&shop("canary", "1.2.0"), &serving);
+    let set = change(&plan, "shop-web");
+    assert_eq!(set.kind, plan::ObjectKind::Set);
+    let Some(plan::Target::Set(target)) = &set.target else {
+        panic!("a set target");
+    };
+    assert_eq!(target.serving, ["shop-web-1-c", "shop-web-2-c"]);
+    assert!(!target.instances[0].config.contains_key(desired::KEY_SET));
+}
+
+#[test]
+fn the_serving_set_is_matched_whatever_its_suffix() {
+    let v2 = shop("blue-green", "1.1.0");
+    let serving = in_set(converged(&v2), "g", &[]);
+    let plan = plan::plan(&v2, &serving);
+    assert!(!plan.has_changes(), "{plan}");
+    // Drift on one instance of the serving set stays an in-place fix.
+    let mut drifted = serving;
+    instance(&mut drifted, "shop-web-2-g")
+        .config
+        .insert("limits.memory".into(), "512MiB".into());
+    instance(&mut drifted, "shop-web-1-g").status = "Stopped".into();
+    let plan = plan::plan(&v2, &drifted);
+    assert_eq!(change(&plan, "shop-web-2-g").action, Action::Update);
+    assert!(change(&plan, "shop-web-2-g").drift);
+    assert!(change(&plan, "shop-web-1-g").start);
+    assert!(!plan.changes.iter().any(|c| c.kind == plan::ObjectKind::Set));
+}
+
+#[test]
+fn an_old_set_is_kept_until_its_time_then_deleted() {
+    let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
+    let world = beside(
+        in_set(converged(&v2), "g", &[]),
+        in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
+    );
+    let kept = plan::plan(&v2, &at(world.clone(), 999));
+    let old = change(&kept, "shop-web-1");
+    assert_eq!(old.action, Action::Keep);
+    assert!(old.reason.as_deref().unwrap().contains("`cul8er rollback`"));
+    // The old set stays on the edge at weight 0.
+    let edge = kept
+        .changes
+        .iter()
+        .find(|c| c.kind == plan::ObjectKind::Edge)
+        .unwrap();
+    let Some(plan::Target::Edge(spec)) = &edge.target else {
+        panic!("an edge target");
+    };
+    let backends: Vec<(&str, u32)> = spec.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.instance.as_str(), b.weight))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("shop-web-1-g", 1),
+            ("shop-web-2-g", 1),
+            ("shop-web-1", 0),
+            ("shop-web-2", 0)
+        ]
+    );
+    let expired = plan::plan(&v2, &at(world, 1000));
+    let old = change(&expired, "shop-web-2");
+    assert_eq!(old.action, Action::Delete);
+    assert!(
+        old.reason
+            .as_deref()
+            .unwrap()
+            .contains("scale-down delay ended"),
+        "{old:?}"
+    );
+    insta::assert_snapshot!(expired.to_string());
+}
+
+#[test]
+fn rolling_back_while_the_old_set_exists_switches_back_to_it() {
+    let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
+    let world = at(
+        beside(
+            in_set(converged(&v2), "g", &[]),
+            in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
+        ),
+        10,
+    );
+    let plan = plan::plan(&v1, &world);
+    let set = change(&plan, "shop-web");
+    let Some(plan::Target::Set(target)) = &set.target else {
+        panic!("a set target");
+    };
+    assert!(target.reuse, "{plan}");
+    assert_eq!(target.serving, ["shop-web-1-g", "shop-web-2-g"]);
+    assert!(set.reason.as_deref().unwrap().starts_with("switch back"));
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| c.kind == plan::ObjectKind::Instance && c.is_change()),
+        "{plan}"
+    );
+}
+
+#[test]
+fn a_set_left_by_an_interrupted_rollout_is_deleted() {
+    let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
+    let world = beside(
+        converged(&v1),
+        in_set(converged(&v2), "g", &[(desired::KEY_CANDIDATE, "true")]),
+    );
+    let plan = plan::plan(&v1, &world);
+    let left = change(&plan, "shop-web-1-g");
+    assert_eq!(left.action, Action::Delete);
+    assert!(
+        left.reason
+            .as_deref()
+            .unwrap()
+            .contains("interrupted rollout")
+    );
+    assert_eq!(change(&plan, "shop-web-1").action, Action::None);
+}

@@ -234,6 +234,7 @@ fn edge_instance(
         release: Some(release),
         spec: String::new(),
         edge: None,
+        switch: None,
     };
     // The spec leaves out where the binary is on this machine: only its hash counts.
     instance.spec = spec_hash(&instance);

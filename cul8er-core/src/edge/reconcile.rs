@@ -34,7 +34,8 @@ pub struct ObservedEdge {
     pub health: Option<HealthReport>,
 }
 
-async fn addresses_of(
+/// The IPv4 addresses of `instance`'s NICs on their networks.
+pub(crate) async fn addresses_of(
     client: &incus_api::Client,
     instance: &str,
 ) -> Result<BTreeMap<String, IpAddr>, incus_api::Error> {
@@ -65,11 +66,25 @@ pub async fn observe_edge(
             .iter()
             .any(|i| i.name == name && i.is_running())
     };
+    // Every running instance of a served resource: a blue-green or canary set has
+    // names of its own beside the ones the topology gives.
+    let resources: std::collections::BTreeSet<&str> =
+        edge.services.iter().map(|s| s.resource.as_str()).collect();
     let mut names: Vec<&str> = edge
         .services
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| b.instance.as_str()))
         .filter(|name| running(name))
+        .chain(
+            host.instances
+                .iter()
+                .filter(|i| {
+                    i.is_running()
+                        && i.key(crate::desired::KEY_RESOURCE)
+                            .is_some_and(|r| resources.contains(r))
+                })
+                .map(|i| i.name.as_str()),
+        )
         .collect();
     names.sort_unstable();
     names.dedup();

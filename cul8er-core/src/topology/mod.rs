@@ -327,17 +327,6 @@ impl Topology {
         if self.security.is_some() || self.resources.iter().any(|r| r.security.is_some()) {
             used.insert(LaterCapability::Security);
         }
-        for resource in &self.resources {
-            match resource.strategy.kind {
-                StrategyKind::BlueGreen => {
-                    used.insert(LaterCapability::BlueGreen);
-                }
-                StrategyKind::Canary => {
-                    used.insert(LaterCapability::Canary);
-                }
-                StrategyKind::Recreate | StrategyKind::Rolling => {}
-            }
-        }
         used
     }
 

@@ -806,10 +806,6 @@ pub enum LaterCapability {
     AppClusters,
     /// `security` blocks.
     Security,
-    /// `strategy blue-green` (the parallel set and its atomic switch).
-    BlueGreen,
-    /// `strategy canary` (weighted steps with analysis).
-    Canary,
 }
 
 impl LaterCapability {
@@ -822,8 +818,6 @@ impl LaterCapability {
             Self::Zones => "zone",
             Self::AppClusters => "cluster",
             Self::Security => "security",
-            Self::BlueGreen => "strategy blue-green",
-            Self::Canary => "strategy canary",
         }
     }
 }
@@ -836,8 +830,6 @@ impl fmt::Display for LaterCapability {
             Self::Zones => "network zones",
             Self::AppClusters => "app clusters",
             Self::Security => "hardening",
-            Self::BlueGreen => "blue-green rollouts",
-            Self::Canary => "canary rollouts",
         };
         write!(f, "{what} (`{}` block)", self.block())
     }

@@ -25,6 +25,31 @@ pub fn instance_name(topology: &str, resource: &str, replica: u32) -> String {
     format!("{topology}-{resource}-{replica}")
 }
 
+/// The name of replica `replica` of `resource` in the instance set `set`: the
+/// unsuffixed name for the first set (`""`), `NAME-g` for set `g`, and so on.
+#[must_use]
+pub fn set_instance_name(topology: &str, resource: &str, replica: u32, set: &str) -> String {
+    let base = instance_name(topology, resource, replica);
+    if set.is_empty() {
+        base
+    } else {
+        format!("{base}-{set}")
+    }
+}
+
+/// The set a blue-green or canary rollout creates beside the serving set `serving`:
+/// blue-green alternates `g` and `b` (the first set, unsuffixed, counts as blue),
+/// canary alternates `c` and the unsuffixed set.
+#[must_use]
+pub fn next_set(canary: bool, serving: &str) -> &'static str {
+    match (canary, serving) {
+        (false, "g") => "b",
+        (false, _) => "g",
+        (true, "c") => "",
+        (true, _) => "c",
+    }
+}
+
 /// Whether `name` is a valid name for anything cul8er creates in Incus: lower-case
 /// letters, digits and hyphens, starting with a letter, not ending with a hyphen.
 #[must_use]
@@ -66,6 +91,20 @@ mod tests {
         assert_eq!(suggest("node_1").as_deref(), Some("node-1"));
         assert_eq!(suggest("web"), None);
         assert_eq!(instance_name("production", "web", 3), "production-web-3");
+        assert_eq!(set_instance_name("p", "web", 2, ""), "p-web-2");
+        assert_eq!(set_instance_name("p", "web", 2, "g"), "p-web-2-g");
+    }
+
+    #[test]
+    fn sets_alternate_within_the_reserved_suffixes() {
+        assert_eq!(next_set(false, ""), "g");
+        assert_eq!(next_set(false, "g"), "b");
+        assert_eq!(next_set(false, "b"), "g");
+        assert_eq!(next_set(true, ""), "c");
+        assert_eq!(next_set(true, "c"), "");
+        for set in ["g", "b", "c"] {
+            assert!(ROLLOUT_SUFFIXES.contains(&format!("-{set}").as_str()));
+        }
     }
 
     #[test]
