@@ -3,8 +3,9 @@
 //!
 //! A client is scoped like a kube `Api`: [`Client::project`] and [`Client::target`]
 //! return clones whose every request carries `project=` and `target=`. Connections are
-//! pooled and kept alive; connecting has a timeout, requests do not (waits carry their
-//! own deadlines).
+//! pooled and kept alive (on the unix socket by [`crate::transport`]'s own pool, which
+//! never dials ahead); connecting has a timeout, requests do not (waits carry their own
+//! deadlines).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,11 +25,19 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::{Error, Result};
 use crate::request::{ApiRequest, Body};
 use crate::response::{Envelope, decode_envelope};
+use crate::transport::pool::{Lease, Pool};
 use crate::transport::tls::{self, Certificate, ClientIdentity, ServerTrust};
 use crate::transport::{Connector, Stream, resolve_socket_path};
 
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many idle connections a client keeps by default.
+pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// How long a client keeps an idle connection by default: well below incusd's own
+/// idle timeout (30 s), so the daemon never closes one as a request goes out on it.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest JSON response body accepted (a hostile server cannot exhaust memory).
 const MAX_JSON_BODY: usize = 256 * 1024 * 1024;
@@ -39,6 +48,8 @@ pub struct ClientBuilder {
     endpoint: EndpointSpec,
     connect_timeout: Duration,
     user_agent: String,
+    max_idle: usize,
+    idle_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -76,6 +87,8 @@ impl ClientBuilder {
             endpoint,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             user_agent: concat!("incus-api-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_idle: DEFAULT_MAX_IDLE_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
         }
     }
 
@@ -102,6 +115,22 @@ impl ClientBuilder {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many idle connections to keep for later requests (0: a connection per
+    /// request).
+    #[must_use]
+    pub fn max_idle_connections(mut self, max: usize) -> Self {
+        self.max_idle = max;
+        self
+    }
+
+    /// How long an idle connection is kept (zero: a connection per request). Keep it
+    /// below the server's idle timeout (30 s on incusd).
+    #[must_use]
+    pub fn idle_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -150,12 +179,26 @@ impl ClientBuilder {
                 (connector, authority)
             }
         };
-        Ok(Client::from_connector(connector, authority, user_agent))
+        Ok(Client::from_connector(
+            connector,
+            authority,
+            user_agent,
+            self.max_idle,
+            self.idle_timeout,
+        ))
     }
 }
 
+/// Where plain requests go.
+enum Http {
+    /// The unix socket: a pool that never dials ahead (see [`crate::transport`]).
+    Unix(Pool),
+    /// HTTPS: hyper-util's pool, whose speculative dialling a TLS listener tolerates.
+    Tls(Box<HyperClient<Connector, Body>>),
+}
+
 struct Inner {
-    http: HyperClient<Connector, Body>,
+    http: Http,
     connector: Connector,
     authority: String,
     user_agent: HeaderValue,
@@ -206,20 +249,25 @@ impl Client {
         connector: Connector,
         authority: String,
         user_agent: HeaderValue,
+        max_idle: usize,
+        idle_timeout: Duration,
     ) -> Self {
-        let mut builder = HyperClient::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(30));
-        if connector.is_unix() {
+        let http = if connector.is_unix() {
             // incusd 6.0's unix listener peeks at the first bytes of each new connection
             // inside its accept loop, so one connection that never sends a request
-            // stalls every other client of the daemon. A pooled client dials
-            // speculatively (it races a new connection against an idle one and keeps
-            // the loser idle), so on the socket every request gets a connection of its
-            // own that sends at once; a unix connect costs microseconds.
-            // Regression: `unix_socket_connections_never_sit_idle`.
-            builder.pool_max_idle_per_host(0);
-        }
-        let http = builder.build(connector.clone());
+            // stalls every other client of the daemon; hyper-util's pool dials
+            // speculatively and would leave exactly such connections. Our own pool
+            // dials only for a request it writes at once.
+            // Regressions: `unix_socket_connections_never_sit_idle`,
+            // `unix_socket_connections_are_reused`.
+            Http::Unix(Pool::new(connector.clone(), max_idle, idle_timeout))
+        } else {
+            let mut builder = HyperClient::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(idle_timeout)
+                .pool_max_idle_per_host(max_idle);
+            Http::Tls(Box::new(builder.build(connector.clone())))
+        };
         Self {
             inner: Arc::new(Inner {
                 http,
@@ -281,19 +329,29 @@ impl Client {
         req
     }
 
-    /// Sends a request (scope applied) and returns the raw response.
-    pub(crate) async fn send(
+    /// Sends a request (scope applied) and returns the raw response, with the lease
+    /// on its pooled connection to release once the body has been read to its end.
+    async fn send(
         &self,
         req: ApiRequest,
-    ) -> Result<(Method, String, http::Response<Incoming>)> {
+    ) -> Result<(Method, String, http::Response<Incoming>, Option<Lease>)> {
         let req = self.scoped(req);
         let method = req.method.clone();
         let path = req.path_and_query();
         tracing::debug!(%method, %path, "incus request");
+        // A streamed body (an image upload) may still be going out when the answer
+        // comes; its connection is not reused.
+        let reusable = !req.has_streamed_body();
         let http_req = req.into_http(&self.inner.authority, &self.inner.user_agent)?;
-        match self.inner.http.request(http_req).await {
-            Ok(resp) => Ok((method, path, resp)),
-            Err(e) => Err(self.transport_error(&method, &path, e)),
+        match &self.inner.http {
+            Http::Unix(pool) => {
+                let (resp, lease) = pool.send(into_origin_form(http_req)?, reusable).await?;
+                Ok((method, path, resp, Some(lease)))
+            }
+            Http::Tls(http) => match http.request(http_req).await {
+                Ok(resp) => Ok((method, path, resp, None)),
+                Err(e) => Err(self.transport_error(&method, &path, e)),
+            },
         }
     }
 
@@ -348,9 +406,12 @@ impl Client {
         &self,
         req: ApiRequest,
     ) -> Result<(Method, String, Envelope)> {
-        let (method, path, resp) = self.send(req).await?;
+        let (method, path, resp, lease) = self.send(req).await?;
         let (parts, body) = resp.into_parts();
         let bytes = collect(&method, &path, body, MAX_JSON_BODY).await?;
+        if let Some(lease) = lease {
+            lease.release();
+        }
         let env = decode_envelope(&method, &path, parts.status, &parts.headers, &bytes)?;
         Ok((method, path, env))
     }
@@ -450,9 +511,12 @@ impl Client {
         req: ApiRequest,
         limit: usize,
     ) -> Result<(http::response::Parts, Bytes)> {
-        let (method, path, resp) = self.send(req).await?;
+        let (method, path, resp, lease) = self.send(req).await?;
         let (parts, body) = resp.into_parts();
         let bytes = collect(&method, &path, body, limit).await?;
+        if let Some(lease) = lease {
+            lease.release();
+        }
         if parts.status.is_success() {
             return Ok((parts, bytes));
         }
@@ -580,6 +644,32 @@ impl Client {
     pub fn events(&self) -> crate::events::Events {
         crate::events::Events::new(self.clone())
     }
+}
+
+/// The request as written on a connection of our own: path and query in the request
+/// line, the authority in `Host` (hyper-util's client does this for pooled requests).
+fn into_origin_form(req: http::Request<Body>) -> Result<http::Request<Body>> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(authority) = parts.uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+            Error::invalid(
+                "host",
+                format!("{authority} cannot be sent in a Host header"),
+            )
+        })?;
+        parts.headers.insert(http::header::HOST, host);
+    }
+    let origin = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    parts.uri = origin.parse().map_err(|e| {
+        Error::invalid(
+            "request",
+            format!("{origin} is not a valid request target: {e}"),
+        )
+    })?;
+    Ok(http::Request::from_parts(parts, body))
 }
 
 async fn collect(method: &Method, path: &str, body: Incoming, limit: usize) -> Result<Bytes> {

@@ -113,6 +113,11 @@ impl ApiRequest {
         self
     }
 
+    /// Whether the body is streamed rather than held in memory.
+    pub(crate) fn has_streamed_body(&self) -> bool {
+        matches!(self.body, RequestBody::Raw(_))
+    }
+
     /// The path with its query, as sent and as shown in errors.
     pub(crate) fn path_and_query(&self) -> String {
         if self.query.is_empty() {

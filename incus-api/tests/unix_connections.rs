@@ -5,7 +5,8 @@
 //! daemon (seen here: a test's pooled client left such a connection and the daemon
 //! answered nobody until that process exited). A stand-in server on a socket of its own
 //! records, per connection, whether it ever carried a request, while many requests
-//! overlap; every connection must have carried one.
+//! overlap; every connection must have carried one. And connections are kept alive:
+//! sequential requests share one connection, overlapping ones no more than overlap.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,11 +56,17 @@ async fn serve(mut stream: UnixStream, tally: Arc<Tally>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unix_socket_connections_never_sit_idle() {
-    let dir = tempfile::tempdir().unwrap();
+/// A stand-in server on a fresh socket: its path, its tally, and the task set that
+/// runs it (dropping it stops the server).
+fn stand_in_server() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<Tally>,
+    JoinSet<()>,
+) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("unix.socket");
-    let listener = UnixListener::bind(&path).unwrap();
+    let listener = UnixListener::bind(&path).expect("bind the stand-in socket");
     let tally = Arc::new(Tally::default());
 
     let mut server = JoinSet::new();
@@ -77,6 +84,12 @@ async fn unix_socket_connections_never_sit_idle() {
             }
         }
     });
+    (dir, path, tally, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_connections_never_sit_idle() {
+    let (_dir, path, tally, mut server) = stand_in_server();
 
     const ROUNDS: usize = 20;
     const CONCURRENT: usize = 16;
@@ -119,4 +132,58 @@ async fn unix_socket_connections_never_sit_idle() {
         tally.silent.load(Ordering::SeqCst),
         tally.connections.load(Ordering::SeqCst)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_connections_are_reused() {
+    let (_dir, path, tally, _server) = stand_in_server();
+    let client = incus_api::Client::unix(&path).unwrap();
+
+    // One request after the other: one connection carries them all.
+    const SEQUENTIAL: usize = 50;
+    for _ in 0..SEQUENTIAL {
+        let value = client.get_value("/1.0").await.unwrap();
+        assert_eq!(value["api_version"], "1.0");
+    }
+    assert_eq!(tally.requests.load(Ordering::SeqCst), SEQUENTIAL);
+    assert_eq!(tally.connections.load(Ordering::SeqCst), 1);
+
+    // Overlapping requests: never more connections than requests in flight, and the
+    // later rounds reuse the connections of the first (8 kept idle by default).
+    const ROUNDS: usize = 10;
+    const CONCURRENT: usize = 8;
+    for _ in 0..ROUNDS {
+        let mut calls = JoinSet::new();
+        for _ in 0..CONCURRENT {
+            let c = client.clone();
+            calls.spawn(async move { c.get_value("/1.0").await });
+        }
+        while let Some(res) = calls.join_next().await {
+            res.unwrap().expect("request through the unix socket");
+        }
+    }
+    let connections = tally.connections.load(Ordering::SeqCst);
+    assert_eq!(
+        tally.requests.load(Ordering::SeqCst),
+        SEQUENTIAL + ROUNDS * CONCURRENT
+    );
+    assert!(
+        connections <= 1 + CONCURRENT,
+        "{connections} connections for {ROUNDS} rounds of {CONCURRENT} overlapping requests"
+    );
+    assert_eq!(tally.silent.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idle_connections_each_request_dials() {
+    let (_dir, path, tally, _server) = stand_in_server();
+    let client = incus_api::ClientBuilder::unix(&path)
+        .max_idle_connections(0)
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        client.get_value("/1.0").await.unwrap();
+    }
+    assert_eq!(tally.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(tally.connections.load(Ordering::SeqCst), 5);
 }

@@ -1,14 +1,16 @@
 //! The two transports to `incusd` behind one connector: the local unix socket and
 //! HTTPS with a pinned server certificate.
 //!
-//! The same connector serves plain requests (through hyper-util's pooled client)
-//! and websockets (events, streaming exec), so TLS and pinning apply to both. Connecting
+//! The same connector serves plain requests (through [`pool`] on the unix socket,
+//! hyper-util's pooled client over TLS) and websockets (events, streaming exec), so TLS
+//! and pinning apply to both. Connecting
 //! has a timeout; requests themselves do not, because some legitimately take long (an
 //! operation `/wait`, an image upload): callers put deadlines on waits instead.
 //!
 //! hyperlocal is not used: this one connector dials both the socket and TLS, so
 //! websockets reuse exactly the same dialling and pinning as requests.
 
+pub(crate) mod pool;
 pub mod tls;
 
 use std::future::Future;
