@@ -392,10 +392,9 @@ fn above(value: f64, limit: f64) -> bool {
 fn describe(breach: &Breach, canary: &Window, stable: &Window) -> String {
     match *breach {
         Breach::ErrorRate { limit, .. } => format!(
-            "canary error rate {} over {} requests > {} (stable {} over {} requests)",
+            "canary error rate {} over {} requests > {limit}% (stable {} over {} requests)",
             percent(canary.error_rate, Some(limit)),
             canary.requests,
-            format!("{limit}%"),
             percent(stable.error_rate, None),
             stable.requests,
         ),

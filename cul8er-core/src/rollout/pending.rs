@@ -52,6 +52,10 @@ pub const ROLLOUT_KEY: &str = "user.cul8er.rollout";
 /// The config key of the rollout profile that holds a [`PauseRequest`] as JSON.
 pub const PAUSE_KEY: &str = "user.cul8er.pause";
 
+const NO_RECORD: &str = "has no user.cul8er.rollout key";
+const UNREADABLE_RECORD: &str = "has an unreadable user.cul8er.rollout";
+const UNREADABLE_PAUSE: &str = "has an unreadable user.cul8er.pause";
+
 /// How many times a write is retried when the profile changed between reading and
 /// writing it.
 const ATTEMPTS: usize = 10;
@@ -287,19 +291,17 @@ pub enum PendingError {
     },
     /// The record is there but cannot be read.
     #[error(
-        "the rollout record of topology {topology} in profile {profile} (project {project}, host {host}) {problem}; `cul8er abort` discards it, or remove it by hand with `incus profile delete {profile} --project {project}`"
+        "the rollout record in profile {profile} (project {project}, host {host}) {problem}; `cul8er abort` discards it, or remove it by hand with `incus profile delete {profile} --project {project}`"
     )]
     Corrupt {
-        /// The topology.
-        topology: String,
-        /// The profile.
+        /// The profile (named after the topology).
         profile: String,
         /// The project.
         project: String,
         /// The Incus host.
         host: String,
-        /// What is wrong, e.g. `is not valid JSON`.
-        problem: String,
+        /// What is wrong, e.g. `has an unreadable user.cul8er.rollout`.
+        problem: &'static str,
         /// The parser's message, when it is a parse failure.
         #[source]
         source: Option<serde_json::Error>,
@@ -358,13 +360,12 @@ impl PendingStore {
         }
     }
 
-    fn corrupt(&self, problem: &str, source: Option<serde_json::Error>) -> PendingError {
+    fn corrupt(&self, problem: &'static str, source: Option<serde_json::Error>) -> PendingError {
         PendingError::Corrupt {
-            topology: self.scope.topology.clone(),
             profile: self.profile(),
             project: self.scope.project.clone(),
             host: self.scope.host.clone(),
-            problem: problem.to_owned(),
+            problem,
             source,
         }
     }
@@ -416,11 +417,10 @@ impl PendingStore {
 
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
-        key: &str,
+        problem: &'static str,
         value: &str,
     ) -> Result<T, PendingError> {
-        serde_json::from_str(value)
-            .map_err(|e| self.corrupt(&format!("has an unreadable {key}"), Some(e)))
+        serde_json::from_str(value).map_err(|e| self.corrupt(problem, Some(e)))
     }
 
     /// Saves `record`: creates the profile, or replaces the record in it (a pause
@@ -466,9 +466,9 @@ impl PendingStore {
             return Ok(None);
         };
         let Some(value) = config.get(ROLLOUT_KEY) else {
-            return Err(self.corrupt(&format!("has no {ROLLOUT_KEY} key"), None));
+            return Err(self.corrupt(NO_RECORD, None));
         };
-        self.decode(ROLLOUT_KEY, value).map(Some)
+        self.decode(UNREADABLE_RECORD, value).map(Some)
     }
 
     /// Removes the record (and any pause request) without reading it; `Ok(false)` when
@@ -506,9 +506,9 @@ impl PendingStore {
                 });
             };
             let Some(value) = config.get(ROLLOUT_KEY) else {
-                return Err(self.corrupt(&format!("has no {ROLLOUT_KEY} key"), None));
+                return Err(self.corrupt(NO_RECORD, None));
             };
-            let record: PendingRollout = self.decode(ROLLOUT_KEY, value)?;
+            let record: PendingRollout = self.decode(UNREADABLE_RECORD, value)?;
             if record.phase.is_paused() {
                 return Ok(PauseOutcome::AlreadyPaused(record));
             }
@@ -532,7 +532,7 @@ impl PendingStore {
         };
         config
             .get(PAUSE_KEY)
-            .map(|value| self.decode(PAUSE_KEY, value))
+            .map(|value| self.decode(UNREADABLE_PAUSE, value))
             .transpose()
     }
 
@@ -552,7 +552,7 @@ impl PendingStore {
             let Some(value) = config.remove(PAUSE_KEY) else {
                 return Ok(None);
             };
-            let request: PauseRequest = self.decode(PAUSE_KEY, &value)?;
+            let request: PauseRequest = self.decode(UNREADABLE_PAUSE, &value)?;
             if self.write(config, etag.as_deref()).await? {
                 return Ok(Some(request));
             }
