@@ -31,7 +31,8 @@ pub enum EventType {
     Lifecycle,
     /// Operation changes.
     Operation,
-    /// Daemon log records (admin only, very chatty).
+    /// Daemon log records (admin only): those at or above the daemon's log level,
+    /// which is `warning` unless incusd runs with `--verbose` (info) or `--debug`.
     Logging,
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt as _;
 use incus_api::StatusCode;
-use incus_api::events::{EventStream, EventType};
+use incus_api::events::{EventPayload, EventStream, EventType};
 use incus_api::instances::{InstanceSource, InstanceSpec};
 use tokio::time::Instant;
 
@@ -185,4 +185,58 @@ async fn unknown_project_events_are_refused() {
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
+}
+
+/// incusd runs at its default log level (warning) here, so the test triggers a warning
+/// it can cause without side effects: an untrusted TLS client asking for a protected
+/// endpoint is refused with "Rejecting request from untrusted client" (daemon.go).
+#[tokio::test]
+async fn logging_events_carry_the_daemons_warnings() {
+    let addr = std::env::var("CUL8ER_TEST_TLS_ADDRESS").unwrap_or_else(|_| "127.0.0.1:8443".into());
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let port: u16 = port.parse().expect("port");
+    let mut events = client()
+        .events()
+        .subscribe(&[EventType::Logging])
+        .await
+        .unwrap();
+
+    let pinned = incus_api::trust::fetch_server_certificate(host, port, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let stranger = incus_api::trust::generate_client_certificate("cul8er-t-logging@test")
+        .unwrap()
+        .identity()
+        .unwrap();
+    let untrusted = incus_api::ClientBuilder::https(host, port)
+        .pinned_certificate(pinned)
+        .identity(stranger)
+        .build()
+        .unwrap();
+    let refused = untrusted.instances().list_names(&Default::default()).await;
+    assert!(refused.is_err(), "an untrusted client listed instances");
+
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let warning = loop {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no warning logged; saw {seen:?}"))
+            .expect("stream ended")
+            .expect("event decodes");
+        match ev.payload {
+            EventPayload::Logging(l) if l.message == "Rejecting request from untrusted client" => {
+                break l;
+            }
+            other => seen.push(format!("{other:?}")),
+        }
+    };
+    assert_eq!(warning.level, "warning");
+    let ip = warning
+        .context
+        .get("ip")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    assert!(ip.starts_with(&format!("{host}:")), "{warning:?}");
+    events.close().await.unwrap();
 }
