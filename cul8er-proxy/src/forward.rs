@@ -93,7 +93,7 @@ impl Drop for Tracked {
     }
 }
 
-fn refused(backend: &Backend) -> String {
+pub(crate) fn refused(backend: &Backend) -> String {
     format!(
         "502 Bad Gateway: backend '{}' ({}) refused or did not accept the connection",
         backend.name, backend.address
@@ -187,7 +187,7 @@ impl Body for ProxyBody {
     }
 }
 
-const DRAIN_CUT: &str = "the backend was removed and its drain timeout ran out";
+pub(crate) const DRAIN_CUT: &str = "the backend was removed and its drain timeout ran out";
 
 fn local(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::Local(Some(Bytes::from(message + "\n"))));
@@ -456,7 +456,7 @@ async fn forward(
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -529,11 +529,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The forwarding header values of one client connection, computed once.
 pub(crate) struct Forwarding {
-    tls: bool,
+    pub(crate) tls: bool,
     /// The client address as `X-Forwarded-For` has it.
-    client: HeaderValue,
+    pub(crate) client: HeaderValue,
     /// `for=…;proto=…`, the start of this hop's `Forwarded` element.
-    forwarded_for: String,
+    pub(crate) forwarded_for: String,
 }
 
 impl Forwarding {

@@ -118,6 +118,20 @@ impl<S> PrefixedIo<S> {
     }
 }
 
+impl<S> PrefixedIo<S> {
+    /// Puts `bytes` back in front of what is still to be read.
+    pub(crate) fn replay(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> PrefixedIo<S> {
     /// Reads until the first bytes tell HTTP/2's connection preface from anything
     /// else (HTTP/1.x): true for HTTP/2. The bytes read are replayed.

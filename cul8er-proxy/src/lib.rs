@@ -22,6 +22,7 @@ mod admin;
 mod backend;
 mod balance;
 pub mod config;
+mod fast;
 mod forward;
 pub mod health;
 mod io;

@@ -200,6 +200,21 @@ async fn serve_http<I>(
         },
         () = stop.cancelled() => return,
     };
+    if !http2 {
+        let client = crate::fast::Client {
+            shared: &shared,
+            listener: &name,
+            address: client,
+            tls,
+            idle,
+            stop: &stop,
+        };
+        // Boxed: a connection served by the general path keeps no room for it.
+        match Box::pin(crate::fast::serve(client, &mut io)).await {
+            crate::fast::End::Closed => return,
+            crate::fast::End::Handover(read) => io.replay(read),
+        }
+    }
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(io, activity.clone()));
     let context = Arc::new(RequestContext {

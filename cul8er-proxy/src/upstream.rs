@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -55,10 +56,18 @@ struct Idle {
     since: Instant,
 }
 
-/// One worker's idle connections to one backend.
+/// An idle raw connection of the HTTP/1.1 fast path (`crate::fast`).
+struct RawIdle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One worker's idle connections to one backend: hyper's (the general path) and raw
+/// ones (the fast path), kept apart since each side frames its own messages.
 #[derive(Default)]
 pub(crate) struct IdleList {
     idle: Mutex<Vec<Idle>>,
+    raw: Mutex<Vec<RawIdle>>,
 }
 
 impl std::fmt::Debug for IdleList {
@@ -98,6 +107,65 @@ impl IdleList {
             });
         }
     }
+}
+
+impl IdleList {
+    /// An idle raw connection that is still open and was idle for at most `max_idle`.
+    pub(crate) fn checkout_raw(&self, max_idle: Duration) -> Option<TcpStream> {
+        let mut idle = self.raw.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let expired = |c: &RawIdle| now.duration_since(c.since) > max_idle;
+        // The oldest are at the front; close those past their time.
+        while idle.first().is_some_and(expired) {
+            idle.remove(0);
+        }
+        while let Some(candidate) = idle.pop() {
+            if !expired(&candidate) && still_open(&candidate.stream) {
+                return Some(candidate.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a raw connection whose exchange is complete, with nothing unread.
+    pub(crate) fn checkin_raw(&self, stream: TcpStream) {
+        let mut idle = self.raw.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(RawIdle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Whether an idle connection is still usable: nothing arrived on it (neither the
+/// backend closing it nor stray bytes). Costs no system call unless the reactor saw it
+/// readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0_u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Connects a raw (fast path) connection to a backend.
+pub(crate) async fn connect_raw(
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(UpstreamError::Connect(address, error)),
+        Err(_) => return Err(UpstreamError::ConnectTimeout(address)),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// A connection for one request: an idle one from `idle`, or a new one.

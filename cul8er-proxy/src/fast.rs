@@ -1,0 +1,1500 @@
+//! The HTTP/1.1 fast path: the common exchange without hyper's codec.
+//!
+//! A keep-alive HTTP/1.1 request in origin form, without a body or with a
+//! `Content-Length` or chunked one, to a service with HTTP/1.1 backends, is parsed with
+//! `httparse`, its head rewritten once (hop-by-hop headers out, forwarding headers in)
+//! and written with its first body bytes in one write to a raw pooled backend
+//! connection; the response head is parsed and rewritten the same way and the bodies
+//! are relayed through bounded buffers, byte for byte, their framing checked as they
+//! pass. Buffers come from a per-thread pool, and a connection waiting for its next
+//! request holds none.
+//!
+//! Everything else goes to the general (hyper) path, which serves the rest of the
+//! connection from the first byte of the request that needed it: upgrades, `Expect`,
+//! HTTP/1.0, `CONNECT` and absolute-form targets, heads too large or with too many
+//! fields for the fast buffers (hyper applies its own limits to them), heads
+//! `httparse` refuses (hyper answers them), and requests without a route or an
+//! available backend (hyper gives the answer that says why).
+//!
+//! Framing is never guessed: a request with both `Content-Length` and
+//! `Transfer-Encoding`, conflicting lengths or a transfer coding other than a final
+//! `chunked` is refused with 400 and the connection closed; a response is read as RFC
+//! 9112 section 6.3 says (no body for HEAD, 1xx, 204 and 304; chunked; length; else to
+//! the close), never past its end, and its connection is pooled only when it ended
+//! cleanly with nothing extra behind it.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{ActiveGuard, Backend};
+use crate::config::UpstreamProtocol;
+use crate::forward::{DRAIN_CUT, Forwarding, refused};
+use crate::runtime::{ServiceRuntime, Shared};
+use crate::upstream;
+
+/// The size of a pooled buffer: a request head must fit in one (larger ones go to hyper).
+const BUFFER_SIZE: usize = 16 * 1024;
+/// Buffers kept per thread for reuse.
+const POOLED_BUFFERS: usize = 128;
+/// Header fields of a request head the fast path parses (more go to hyper).
+const MAX_REQUEST_HEADERS: usize = 64;
+/// Header fields of a response head (hyper's limit too).
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// How far a backend's response head may grow its buffer.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The longest chunk-size line (with extensions) and trailer section relayed.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// How often a request whose pooled connection turned out closed moves to another.
+const MAX_STALE_MOVES: usize = 3;
+/// How long a connection closed with an unread request body is drained first, so that
+/// the client reads the answer instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer from the thread's pool: `data[start..end]` holds unread bytes.
+struct Buffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffer {
+    fn take() -> Self {
+        let data = BUFFERS
+            .try_with(|pool| pool.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| vec![0; BUFFER_SIZE]);
+        Self {
+            data,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn is_full(&self) -> bool {
+        self.start == 0 && self.end == self.data.len()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes the buffer larger, up to `max`; false when it is that large already.
+    fn grow(&mut self, max: usize) -> bool {
+        if self.data.len() >= max {
+            return false;
+        }
+        self.data.resize((self.data.len() * 2).min(max), 0);
+        true
+    }
+
+    /// Reads once into the free room (moving unread bytes to the front when the end is
+    /// reached). Ready(Ok(0)) is the end of the stream, or a full buffer.
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let mut room = ReadBuf::new(&mut self.data[self.end..]);
+        if room.remaining() == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(Pin::new(reader).poll_read(cx, &mut room))?;
+        let n = room.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(reader, cx)).await
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if self.data.len() != BUFFER_SIZE {
+            return;
+        }
+        let data = std::mem::take(&mut self.data);
+        let _ = BUFFERS.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(data);
+            }
+        });
+    }
+}
+
+/// How the fast path left a client connection.
+pub(crate) enum End {
+    /// Closed (or to be closed): the client left, idled out, or the proxy stops.
+    Closed,
+    /// The rest is for the general path, starting with these bytes already read.
+    Handover(Bytes),
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// What one client connection's requests share.
+pub(crate) struct Client<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) listener: &'a str,
+    pub(crate) address: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) idle: Duration,
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// Serves a client connection's HTTP/1.1 requests until it closes or a request needs
+/// the general path.
+pub(crate) async fn serve<I>(client: Client<'_>, io: &mut I) -> End
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let forwarding = Forwarding::new(client.address.ip(), client.tls);
+    // Deadlines are per connection: each request moves them later, which costs no
+    // timer registration (tokio only re-registers a deadline moved earlier).
+    let mut idle_timer = pin!(tokio::time::sleep(client.idle));
+    let mut header_timer = pin!(tokio::time::sleep(client.idle));
+    let mut stop = pin!(client.stop.cancelled());
+    let mut pending: Option<Buffer> = None;
+    loop {
+        let mut buffer = match pending.take() {
+            Some(buffer) => buffer,
+            None => {
+                let first = tokio::select! {
+                    biased;
+                    first = poll_fn(|cx| poll_first_bytes(io, cx)) => first,
+                    () = idle_timer.as_mut() => return End::Closed,
+                    () = stop.as_mut() => return End::Closed,
+                };
+                match first {
+                    Ok(Some(buffer)) => buffer,
+                    Ok(None) => return End::Closed,
+                    Err(error) => {
+                        tracing::debug!(client = %client.address, %error, "client connection failed");
+                        return End::Closed;
+                    }
+                }
+            }
+        };
+        let head = loop {
+            match parse_request(buffer.bytes(), &forwarding) {
+                Parsed::Complete(head) => break head,
+                Parsed::Handover => return End::Handover(Bytes::copy_from_slice(buffer.bytes())),
+                Parsed::Bad(reason) => {
+                    let message = format!("400 Bad Request: {reason}");
+                    let _ = answer(io, StatusCode::BAD_REQUEST, message, true).await;
+                    linger(io).await;
+                    return End::Closed;
+                }
+                Parsed::Partial if buffer.is_full() => {
+                    return End::Handover(Bytes::copy_from_slice(buffer.bytes()));
+                }
+                Parsed::Partial => {}
+            }
+            let read = tokio::select! {
+                biased;
+                read = buffer.fill(io) => read,
+                () = idle_timer.as_mut() => return End::Closed,
+                () = stop.as_mut() => return End::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(_) => {}
+            }
+        };
+        let routed = {
+            let target = &buffer.bytes()[head.target.0..head.target.1];
+            let target = std::str::from_utf8(target).unwrap_or("/");
+            let path = target.split('?').next().unwrap_or(target);
+            route(client.shared, client.listener, &head.host, path)
+        };
+        let Some((service, first)) = routed else {
+            return End::Handover(Bytes::copy_from_slice(buffer.bytes()));
+        };
+        let after = Box::pin(exchange(
+            io,
+            &mut buffer,
+            head,
+            &service,
+            first,
+            header_timer.as_mut(),
+        ))
+        .await;
+        match after {
+            After::KeepAlive => {}
+            After::Close => {
+                let _ = io.shutdown().await;
+                return End::Closed;
+            }
+            After::Linger => {
+                linger(io).await;
+                return End::Closed;
+            }
+        }
+        idle_timer.as_mut().reset(Instant::now() + client.idle);
+        if client.stop.is_cancelled() {
+            let _ = io.shutdown().await;
+            return End::Closed;
+        }
+        if !buffer.is_empty() {
+            pending = Some(buffer);
+        }
+    }
+}
+
+/// Waits for a request's first bytes, taking a buffer only once they are there.
+fn poll_first_bytes<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Option<Buffer>>> {
+    let mut buffer = Buffer::take();
+    match ready!(buffer.poll_fill(io, cx)) {
+        Ok(0) => Poll::Ready(Ok(None)),
+        Ok(_) => Poll::Ready(Ok(Some(buffer))),
+        Err(error) => Poll::Ready(Err(error)),
+    }
+}
+
+/// The service a request goes to and its first backend; `None` when the general path
+/// is to answer (no route, a service gone or on HTTP/2, nothing available).
+fn route(
+    shared: &Shared,
+    listener: &str,
+    host: &str,
+    path: &str,
+) -> Option<(Arc<ServiceRuntime>, usize)> {
+    let snapshot = shared.snapshot.load();
+    let name = snapshot.listeners.get(listener)?.route(host, path)?;
+    let service = snapshot.services.get(name)?;
+    if service.config.protocol != UpstreamProtocol::Http1 {
+        return None;
+    }
+    let first = service.pick(&[])?;
+    Some((service.clone(), first))
+}
+
+/// A parsed request head, with the head to send the backend.
+#[derive(Debug)]
+struct RequestHead {
+    /// Bytes of the head in the client's buffer.
+    length: usize,
+    /// The request target's place in the head.
+    target: (usize, usize),
+    /// The host routed on: lower case, without port ("" when none).
+    host: String,
+    /// The rewritten head without its final CRLF, and without a `Host` field when the
+    /// client sent none (the backend's address is added then).
+    out: Vec<u8>,
+    has_host: bool,
+    framing: Framing,
+    idempotent: bool,
+    head_method: bool,
+    /// The client asked for the connection to close after this exchange.
+    close: bool,
+}
+
+#[derive(Debug)]
+enum Parsed {
+    Complete(RequestHead),
+    Partial,
+    Handover,
+    Bad(&'static str),
+}
+
+/// Whether a header value is what `http::HeaderValue::to_str` accepts.
+fn visible(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Fixed hop-by-hop fields (RFC 9110 7.6.1); `TE` is handled on its own.
+fn is_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Header names listed in `Connection` (besides `close` and `keep-alive`); at most 8
+/// are handled here.
+#[derive(Default)]
+struct Named<'a> {
+    names: [&'a [u8]; 8],
+    len: usize,
+}
+
+impl<'a> Named<'a> {
+    fn push(&mut self, name: &'a [u8]) -> bool {
+        if self.len == self.names.len() {
+            return false;
+        }
+        self.names[self.len] = name;
+        self.len += 1;
+        true
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// A `Content-Length` value (a list of equal lengths is one length); `None` when it is
+/// not one.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.is_empty() || token.len() > 18 || !token.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = token
+            .iter()
+            .fold(0_u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// The framing a `Transfer-Encoding` list gives: chunked when `chunked` is last and
+/// appears once.
+fn chunked_last(codings: &[&[u8]]) -> bool {
+    codings
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings
+            .iter()
+            .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+            .count()
+            == 1
+}
+
+fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    let length = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handover,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::Handover;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Handover;
+    }
+    let target_start = target.as_ptr() as usize - bytes.as_ptr() as usize;
+
+    let mut host_value: Option<&[u8]> = None;
+    let mut lengths: Option<u64> = None;
+    let mut has_length = false;
+    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut has_coding = false;
+    let mut close = false;
+    let mut named = Named::default();
+    let mut xff: Option<&[u8]> = None;
+    let mut forwarded: Option<&[u8]> = None;
+    let mut has_xfh = false;
+    for field in request.headers.iter() {
+        let (name, value) = (field.name, field.value);
+        if name.eq_ignore_ascii_case("host") {
+            host_value.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = content_length(value) else {
+                return Parsed::Bad("invalid Content-Length");
+            };
+            if lengths.is_some_and(|l| l != n) {
+                return Parsed::Bad("conflicting Content-Length fields");
+            }
+            lengths = Some(n);
+            has_length = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            has_coding = true;
+            codings.extend(tokens(value));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(value) {
+                // An upgrade, or more named fields than kept here, is for the general path.
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade")
+                    || (!token.eq_ignore_ascii_case(b"keep-alive") && !named.push(token))
+                {
+                    return Parsed::Handover;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
+            return Parsed::Handover;
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            forwarded.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-host") {
+            has_xfh = true;
+        }
+    }
+    let framing = if has_coding {
+        if has_length {
+            return Parsed::Bad("both Content-Length and Transfer-Encoding");
+        }
+        if !chunked_last(&codings) {
+            return Parsed::Bad("a transfer coding other than a final chunked");
+        }
+        Framing::Chunked
+    } else {
+        match lengths {
+            None | Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+
+    // The host routed on and named in the forwarding headers, as `request_host` in
+    // the general path finds it.
+    let host_text = host_value.filter(|v| visible(v)).map(|v| {
+        let text = std::str::from_utf8(v).unwrap_or_default().trim();
+        match text.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => text.split(':').next().unwrap_or_default(),
+        }
+    });
+    let host = match host_text {
+        Some(h) if h.bytes().any(|b| b.is_ascii_uppercase()) => h.to_ascii_lowercase(),
+        Some(h) => h.to_owned(),
+        None => String::new(),
+    };
+
+    let mut out = Vec::with_capacity(length + 160);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let keep_xff = xff.is_some_and(|v| !visible(v));
+    for field in request.headers.iter() {
+        let name = field.name;
+        let drop = is_hop_by_hop(name)
+            || named.contains(name)
+            || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
+            || name.eq_ignore_ascii_case("content-length")
+            || (name.eq_ignore_ascii_case("x-forwarded-for") && !keep_xff)
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("forwarded");
+        if !drop {
+            put_field(&mut out, name.as_bytes(), field.value);
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {
+            if let Some(n) = lengths {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    let client = forwarding.client.as_bytes();
+    if !keep_xff {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(existing) = xff {
+            out.extend_from_slice(existing);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(client);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(if forwarding.tls {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
+    if !host.is_empty() && !has_xfh {
+        put_field(
+            &mut out,
+            b"x-forwarded-host",
+            host_value.unwrap_or(host.as_bytes()),
+        );
+    }
+    out.extend_from_slice(b"forwarded: ");
+    if let Some(existing) = forwarded.filter(|v| visible(v)) {
+        out.extend_from_slice(existing);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(forwarding.forwarded_for.as_bytes());
+    if !host.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n");
+
+    Parsed::Complete(RequestHead {
+        length,
+        target: (target_start, target_start + target.len()),
+        host,
+        out,
+        has_host: host_value.is_some(),
+        framing,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        head_method: method == "HEAD",
+        close,
+    })
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head, rewritten for the client.
+#[derive(Debug)]
+struct ResponseHead {
+    status: u16,
+    /// Bytes of the head in the backend's buffer.
+    length: usize,
+    /// The head for the client, complete.
+    out: Vec<u8>,
+    framing: Framing,
+    /// The backend keeps the connection open after this response.
+    reusable: bool,
+}
+
+#[derive(Debug)]
+enum ParsedResponse {
+    /// A 1xx before the final answer: skipped.
+    Interim(usize),
+    Final(ResponseHead),
+}
+
+fn parse_response(
+    bytes: &[u8],
+    head_method: bool,
+    close_client: bool,
+) -> Result<Option<ParsedResponse>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let length = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many header fields"),
+        Err(_) => return Err("a malformed response head"),
+    };
+    let (Some(version), Some(status)) = (response.version, response.code) else {
+        return Err("a malformed response head");
+    };
+    if status == 101 {
+        return Err("101 Switching Protocols to a request without Upgrade");
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(ParsedResponse::Interim(length)));
+    }
+    let mut close = version == 0;
+    let mut keep_alive = false;
+    let mut named = Named::default();
+    let mut lengths: Option<u64> = None;
+    let mut has_coding = false;
+    let mut codings: Vec<&[u8]> = Vec::new();
+    for field in response.headers.iter() {
+        let (name, value) = (field.name, field.value);
+        if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !named.push(token) {
+                    close = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = content_length(value).ok_or("an invalid Content-Length")?;
+            if lengths.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length fields");
+            }
+            lengths = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            has_coding = true;
+            codings.extend(tokens(value));
+        }
+    }
+    if version == 0 && keep_alive && !close {
+        // An HTTP/1.0 keep-alive answer is still not pooled: rare, and simpler so.
+        close = true;
+    }
+    let bodiless = head_method || status == 204 || status == 304;
+    let framing = if bodiless {
+        Framing::None
+    } else if has_coding {
+        if chunked_last(&codings) {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match lengths {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    // A response with both is read as chunked, and its connection not trusted again.
+    if has_coding && lengths.is_some() {
+        close = true;
+    }
+
+    let mut out = Vec::with_capacity(length + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    match response.reason.filter(|r| !r.is_empty()) {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => {
+            let canonical = StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            out.extend_from_slice(canonical.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    for field in response.headers.iter() {
+        let name = field.name;
+        // A coding other than chunked stays named when the body goes as it came.
+        let kept_coding =
+            framing == Framing::UntilClose && name.eq_ignore_ascii_case("transfer-encoding");
+        let drop = (is_hop_by_hop(name) && !kept_coding)
+            || named.contains(name)
+            || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
+            || (has_coding && name.eq_ignore_ascii_case("content-length"));
+        if !drop {
+            put_field(&mut out, name.as_bytes(), field.value);
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close_client || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ParsedResponse::Final(ResponseHead {
+        status,
+        length,
+        out,
+        framing,
+        reusable: !close && framing != Framing::UntilClose,
+    })))
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data; the count of its bytes seen.
+    DataEnd(u8),
+    /// The trailer section: bytes in the current line, the last byte, bytes in all.
+    Trailers {
+        line: usize,
+        last: u8,
+        total: usize,
+    },
+    Done,
+}
+
+impl Chunk {
+    /// Walks `bytes`; returns how many belong to the body (all up to its end).
+    fn advance(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match *self {
+                Self::Size => match httparse::parse_chunk_size(&bytes[at..]) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        at += used;
+                        *self = if size == 0 {
+                            Self::Trailers {
+                                line: 0,
+                                last: 0,
+                                total: 0,
+                            }
+                        } else {
+                            Self::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if bytes.len() - at > MAX_CHUNK_LINE => {
+                        return Err("a chunk-size line too long");
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(at),
+                    Err(_) => return Err("an invalid chunk size"),
+                },
+                Self::Data(left) => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len() - at);
+                    at += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Self::DataEnd(0)
+                    } else {
+                        Self::Data(left)
+                    };
+                }
+                Self::DataEnd(seen) => {
+                    let expected = if seen == 0 { b'\r' } else { b'\n' };
+                    if bytes[at] != expected {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    at += 1;
+                    *self = if seen == 0 {
+                        Self::DataEnd(1)
+                    } else {
+                        Self::Size
+                    };
+                }
+                Self::Trailers { line, last, total } => {
+                    let byte = bytes[at];
+                    at += 1;
+                    if total + 1 > MAX_TRAILERS {
+                        return Err("a trailer section too large");
+                    }
+                    *self = if byte == b'\n' {
+                        if line == 0 || (line == 1 && last == b'\r') {
+                            Self::Done
+                        } else {
+                            Self::Trailers {
+                                line: 0,
+                                last: byte,
+                                total: total + 1,
+                            }
+                        }
+                    } else {
+                        Self::Trailers {
+                            line: line + 1,
+                            last: byte,
+                            total: total + 1,
+                        }
+                    };
+                }
+                Self::Done => return Ok(at),
+            }
+        }
+        Ok(at)
+    }
+}
+
+/// Why relaying a body stopped early.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("reading the body failed")]
+    Read(#[source] io::Error),
+    #[error("the sender closed the connection before the end of the body")]
+    Truncated,
+    #[error("writing the body failed")]
+    Write(#[source] io::Error),
+    #[error("the body is malformed: {0}")]
+    Framing(&'static str),
+    #[error("{DRAIN_CUT}")]
+    Cut,
+}
+
+/// Relays a body from `source` (bytes already read in `buffer`) to `sink`, after the
+/// bytes already in `out` (a head); leaves in `buffer` whatever follows the body.
+async fn relay<R, W>(
+    source: &mut R,
+    buffer: &mut Buffer,
+    framing: Framing,
+    sink: &mut W,
+    out: &mut Vec<u8>,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunk = Chunk::Size;
+    loop {
+        let available = buffer.bytes();
+        let (take, done) = match framing {
+            Framing::None => (0, true),
+            Framing::Length(_) => {
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(available.len());
+                left -= take as u64;
+                (take, left == 0)
+            }
+            Framing::Chunked => {
+                let take = chunk.advance(available).map_err(RelayError::Framing)?;
+                (take, chunk == Chunk::Done)
+            }
+            Framing::UntilClose => (available.len(), false),
+        };
+        if out.is_empty() && take > 0 {
+            sink.write_all(&available[..take])
+                .await
+                .map_err(RelayError::Write)?;
+        } else {
+            out.extend_from_slice(&available[..take]);
+        }
+        buffer.consume(take);
+        if !out.is_empty() {
+            sink.write_all(out).await.map_err(RelayError::Write)?;
+            out.clear();
+        }
+        if done {
+            sink.flush().await.map_err(RelayError::Write)?;
+            return Ok(());
+        }
+        sink.flush().await.map_err(RelayError::Write)?;
+        match buffer.fill(source).await {
+            Ok(0) if framing == Framing::UntilClose => return Ok(()),
+            Ok(0) => return Err(RelayError::Truncated),
+            Ok(_) => {}
+            Err(error) => return Err(RelayError::Read(error)),
+        }
+    }
+}
+
+/// What the client connection does after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    KeepAlive,
+    Close,
+    /// Close, after draining what the client still sends (an unread request body).
+    Linger,
+}
+
+/// Why an exchange with a backend got no usable response head.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("writing the request failed")]
+    Write(#[source] io::Error),
+    #[error("sending the request body failed")]
+    Body(#[source] RelayError),
+    #[error("reading the response failed")]
+    Read(#[source] io::Error),
+    #[error("the backend closed the connection before a response")]
+    Closed,
+    #[error("the backend sent {0}")]
+    Invalid(&'static str),
+}
+
+/// How sending a request and reading the response head went.
+enum Sent {
+    Response(ResponseHead),
+    /// The backend answered before the request body was sent: the rest of it is
+    /// unread, so the client connection closes after the answer.
+    EarlyResponse(ResponseHead),
+    Failed {
+        error: ExchangeError,
+        /// Nothing came back on a reused connection and the request can be sent
+        /// again as it was: the backend had closed it.
+        stale: bool,
+    },
+    TimedOut,
+    Cut,
+}
+
+async fn exchange<I>(
+    io: &mut I,
+    buffer: &mut Buffer,
+    mut head: RequestHead,
+    service: &ServiceRuntime,
+    first: usize,
+    mut header_timer: Pin<&mut Sleep>,
+) -> After
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    buffer.consume(head.length);
+    let retryable = head.framing == Framing::None && head.idempotent;
+    let attempts = if retryable {
+        service.config.retries as usize + 1
+    } else {
+        1
+    };
+    // Whether the client's request body has been read to its end (or had none).
+    let mut body_read = head.framing == Framing::None;
+    let base = head.out.len();
+    let timeouts = &service.config.timeouts;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure: Option<String> = None;
+    for attempt in 0..attempts {
+        let index = if attempt == 0 {
+            first
+        } else {
+            match service.pick(&tried) {
+                Some(index) => index,
+                None => break,
+            }
+        };
+        let backend = &service.backends[index];
+        let guard = ActiveGuard::new(backend.clone());
+        let started = Instant::now();
+        let (mut stream, mut reused) = match acquire(backend, service).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                backend.metrics.record_error(started.elapsed());
+                backend.record_outcome(false);
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name,
+                    error = %crate::admin::error_chain(&error), "backend connect failed"
+                );
+                last_failure = Some(refused(backend));
+                tried.push(index);
+                continue;
+            }
+        };
+        head.out.truncate(base);
+        if !head.has_host {
+            put_field(
+                &mut head.out,
+                b"host",
+                backend.authority.as_str().as_bytes(),
+            );
+        }
+        head.out.extend_from_slice(b"\r\n");
+        // A body that arrived whole with the head goes in the same write.
+        if let Framing::Length(n) = head.framing
+            && let Ok(n) = usize::try_from(n)
+            && n <= buffer.bytes().len()
+        {
+            head.out.extend_from_slice(&buffer.bytes()[..n]);
+            buffer.consume(n);
+            body_read = true;
+        }
+        let resend = body_read && head.idempotent;
+        let mut backend_buffer = Buffer::take();
+        header_timer
+            .as_mut()
+            .reset(started + timeouts.response_headers);
+        let mut cut = pin!(backend.cut.cancelled());
+        let mut moves = 0;
+        let sent = loop {
+            let sent = send(
+                &mut stream,
+                &mut head.out,
+                io,
+                buffer,
+                head.framing,
+                body_read,
+                &mut backend_buffer,
+                head.head_method,
+                head.close,
+                header_timer.as_mut(),
+                cut.as_mut(),
+            )
+            .await;
+            if let Sent::Failed { stale: true, .. } = &sent
+                && reused
+                && resend
+                && moves < MAX_STALE_MOVES
+            {
+                moves += 1;
+                match acquire(backend, service).await {
+                    Ok((fresh, again)) => {
+                        stream = fresh;
+                        reused = again;
+                        backend_buffer = Buffer::take();
+                        continue;
+                    }
+                    Err(error) => {
+                        break Sent::Failed {
+                            error: ExchangeError::Read(io::Error::other(error)),
+                            stale: false,
+                        };
+                    }
+                }
+            }
+            break sent;
+        };
+        let elapsed = started.elapsed();
+        let (response, early) = match sent {
+            Sent::Response(response) => (response, false),
+            Sent::EarlyResponse(response) => (response, true),
+            Sent::Failed { error, .. } => {
+                backend.metrics.record_error(elapsed);
+                backend.record_outcome(false);
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name,
+                    error = %crate::admin::error_chain(&error), "backend request failed"
+                );
+                last_failure = Some(format!(
+                    "502 Bad Gateway: backend '{}' ({}) failed the exchange",
+                    backend.name, backend.address
+                ));
+                break;
+            }
+            Sent::TimedOut => {
+                backend.metrics.record_error(elapsed);
+                backend.record_outcome(false);
+                let message = format!(
+                    "504 Gateway Timeout: backend '{}' sent no response headers within {}",
+                    backend.name,
+                    crate::config::format_duration(timeouts.response_headers)
+                );
+                return local_answer(
+                    io,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    message,
+                    body_read,
+                    head.close,
+                )
+                .await;
+            }
+            Sent::Cut => {
+                backend.metrics.record_error(elapsed);
+                let message = format!("502 Bad Gateway: {DRAIN_CUT}");
+                return local_answer(io, StatusCode::BAD_GATEWAY, message, body_read, head.close)
+                    .await;
+            }
+        };
+        backend.metrics.record_response(response.status, elapsed);
+        backend.record_outcome(response.status < 500);
+        if !early {
+            body_read = true;
+        }
+        backend_buffer.consume(response.length);
+        let mut out = response.out;
+        let relayed = tokio::select! {
+            biased;
+            relayed = relay(&mut stream, &mut backend_buffer, response.framing, io, &mut out) => relayed,
+            () = cut.as_mut() => Err(RelayError::Cut),
+        };
+        drop(guard);
+        if let Err(error) = relayed {
+            tracing::debug!(
+                service = %service.config.name, backend = %backend.name,
+                error = %crate::admin::error_chain(&error), "response relay ended early"
+            );
+            return After::Close;
+        }
+        if response.reusable && body_read && backend_buffer.is_empty() {
+            backend.pool().checkin_raw(stream);
+        }
+        return if !body_read {
+            After::Linger
+        } else if head.close || response.framing == Framing::UntilClose {
+            After::Close
+        } else {
+            After::KeepAlive
+        };
+    }
+    let message = match last_failure {
+        Some(message) => message,
+        None => format!("503 Service Unavailable: {}", service.unavailable_reason()),
+    };
+    let status = if message.starts_with("503") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    local_answer(io, status, message, body_read, head.close).await
+}
+
+async fn acquire(
+    backend: &Backend,
+    service: &ServiceRuntime,
+) -> Result<(TcpStream, bool), upstream::UpstreamError> {
+    let timeouts = &service.config.timeouts;
+    if let Some(stream) = backend.pool().checkout_raw(timeouts.idle) {
+        return Ok((stream, true));
+    }
+    Box::pin(upstream::connect_raw(backend.address, timeouts.connect))
+        .await
+        .map(|stream| (stream, false))
+}
+
+/// Writes the request (head, then the body from the client) and reads the response
+/// head, within the response-headers deadline and unless the backend is cut.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's parts, borrowed from its caller"
+)]
+async fn send<I>(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    io: &mut I,
+    buffer: &mut Buffer,
+    framing: Framing,
+    body_read: bool,
+    backend_buffer: &mut Buffer,
+    head_method: bool,
+    close_client: bool,
+    header_timer: Pin<&mut Sleep>,
+    cut: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Sent
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut early = false;
+        if body_read {
+            if let Err(error) = stream.write_all(out).await {
+                return Sent::Failed {
+                    error: ExchangeError::Write(error),
+                    stale: true,
+                };
+            }
+        } else {
+            // The body streams from the client. A backend may answer before it has
+            // read it all (and stop reading): its first byte stops the relay.
+            let mut request_out = std::mem::take(out);
+            let (mut reader, mut writer) = stream.split();
+            let mut probe = [0_u8; 1];
+            let sent = tokio::select! {
+                biased;
+                sent = relay(io, buffer, framing, &mut writer, &mut request_out) => Some(sent),
+                _ = reader.peek(&mut probe) => None,
+            };
+            *out = request_out;
+            match sent {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    return Sent::Failed {
+                        error: ExchangeError::Body(error),
+                        stale: false,
+                    };
+                }
+                None => early = true,
+            }
+        }
+        match read_response_head(stream, backend_buffer, head_method, close_client || early).await {
+            Ok(head) if early => Sent::EarlyResponse(head),
+            Ok(head) => Sent::Response(head),
+            Err((error, nothing)) => Sent::Failed {
+                error,
+                stale: nothing,
+            },
+        }
+    };
+    tokio::select! {
+        biased;
+        sent = exchange => sent,
+        () = header_timer => Sent::TimedOut,
+        () = cut => Sent::Cut,
+    }
+}
+
+/// Reads a response head, skipping 1xx ones. The error says whether nothing at all
+/// came back.
+async fn read_response_head(
+    stream: &mut TcpStream,
+    buffer: &mut Buffer,
+    head_method: bool,
+    close_client: bool,
+) -> Result<ResponseHead, (ExchangeError, bool)> {
+    let mut received = false;
+    loop {
+        match parse_response(buffer.bytes(), head_method, close_client) {
+            Ok(Some(ParsedResponse::Final(head))) => return Ok(head),
+            Ok(Some(ParsedResponse::Interim(length))) => {
+                buffer.consume(length);
+                continue;
+            }
+            Ok(None) => {}
+            Err(reason) => return Err((ExchangeError::Invalid(reason), false)),
+        }
+        if buffer.is_full() && !buffer.grow(MAX_RESPONSE_HEAD) {
+            return Err((ExchangeError::Invalid("a response head too large"), false));
+        }
+        match buffer.fill(stream).await {
+            Ok(0) => return Err((ExchangeError::Closed, !received)),
+            Ok(_) => received = true,
+            Err(error) => return Err((ExchangeError::Read(error), !received)),
+        }
+    }
+}
+
+/// The proxy's own answer, as the general path words it.
+async fn answer<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    status: StatusCode,
+    message: String,
+    close: bool,
+) -> io::Result<()> {
+    let body = message + "\n";
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    io.write_all(&out).await?;
+    io.flush().await
+}
+
+async fn local_answer<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    status: StatusCode,
+    message: String,
+    body_read: bool,
+    close: bool,
+) -> After {
+    let close = close || !body_read;
+    if answer(io, status, message, close).await.is_err() {
+        return After::Close;
+    }
+    if !body_read {
+        After::Linger
+    } else if close {
+        After::Close
+    } else {
+        After::KeepAlive
+    }
+}
+
+/// Closes the sending side, then reads and drops what the client still sends (for a
+/// while), so that it reads the answer rather than a reset.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
+    let _ = io.shutdown().await;
+    let mut buffer = Buffer::take();
+    let mut drained = 0;
+    let drain = async {
+        while drained < LINGER_BYTES {
+            buffer.consume(buffer.bytes().len());
+            match buffer.fill(io).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding() -> Forwarding {
+        Forwarding::new("10.0.0.9".parse().unwrap(), false)
+    }
+
+    fn complete(bytes: &[u8]) -> RequestHead {
+        match parse_request(bytes, &forwarding()) {
+            Parsed::Complete(head) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_heads_are_rewritten_with_forwarding_and_without_hop_by_hop_fields() {
+        let head = complete(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: App.Example:8080\r\nConnection: keep-alive, x-secret\r\n\
+              X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: gzip\r\nX-Forwarded-For: 203.0.113.9\r\n\
+              Forwarded: for=203.0.113.9\r\nAccept: */*\r\n\r\n",
+        );
+        let out = String::from_utf8(head.out).unwrap();
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: App.Example:8080\r\nAccept: */*\r\n\
+             x-forwarded-for: 203.0.113.9, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: App.Example:8080\r\n\
+             forwarded: for=203.0.113.9, for=10.0.0.9;proto=http;host=\"app.example\"\r\n"
+        );
+        assert_eq!(head.host, "app.example");
+        assert_eq!(head.framing, Framing::None);
+        assert!(head.idempotent && head.has_host && !head.close);
+    }
+
+    #[test]
+    fn request_framing_is_exact_or_refused() {
+        let head = complete(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(!head.idempotent);
+        let head = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(head.framing, Framing::Chunked);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad, &forwarding()), Parsed::Bad(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for general in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"GET http://x/ HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse_request(general, &forwarding()),
+                Parsed::Handover
+            ));
+        }
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", &forwarding()),
+            Parsed::Partial
+        ));
+    }
+
+    fn response(bytes: &[u8], head: bool) -> ResponseHead {
+        match parse_response(bytes, head, false) {
+            Ok(Some(ParsedResponse::Final(head))) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false);
+        assert_eq!((r.framing, r.reusable), (Framing::Length(3), true));
+        let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
+        assert_eq!(r.framing, Framing::None);
+        assert!(
+            String::from_utf8(r.out)
+                .unwrap()
+                .contains("Content-Length: 3\r\n")
+        );
+        let r = response(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::None);
+        let r = response(b"HTTP/1.1 204 No Content\r\n\r\n", false);
+        assert_eq!((r.framing, r.reusable), (Framing::None, true));
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
+        let out = String::from_utf8(r.out).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        let r = response(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
+        assert!(
+            String::from_utf8(r.out)
+                .unwrap()
+                .ends_with("connection: close\r\n\r\n")
+        );
+        let r = response(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert!(!r.reusable);
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                false,
+                false
+            ),
+            Ok(Some(ParsedResponse::Interim(_)))
+        ));
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_end_exactly_after_their_trailers() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nExpires: never\r\n\r\nGET / HTTP/1.1";
+        let end = body.len() - b"GET / HTTP/1.1".len();
+        // Whole, and byte by byte.
+        let mut chunk = Chunk::Size;
+        assert_eq!(chunk.advance(body), Ok(end));
+        assert_eq!(chunk, Chunk::Done);
+        let mut chunk = Chunk::Size;
+        let mut taken = 0;
+        let mut pending: Vec<u8> = Vec::new();
+        for &byte in &body[..end] {
+            pending.push(byte);
+            let used = chunk.advance(&pending).unwrap();
+            pending.drain(..used);
+            taken += used;
+        }
+        assert_eq!((taken, chunk), (end, Chunk::Done));
+        let mut chunk = Chunk::Size;
+        assert!(chunk.advance(b"4\r\nWikiXX").is_err());
+        let mut chunk = Chunk::Size;
+        assert!(chunk.advance(b"zz\r\n").is_err());
+    }
+}
