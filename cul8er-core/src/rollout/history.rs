@@ -1,5 +1,9 @@
 //! Revision history from the state directory: what `cul8er history` lists and the
 //! revision `cul8er rollback` returns to.
+//!
+//! A revision id is the UTC time the apply began, to the millisecond
+//! (`YYYYMMDDThhmmss.mmmZ`, [`crate::lock::revision_id`]); [`Revision::time`] is the
+//! same instant in RFC 3339, and [`Revision::display_time`] the way a table shows it.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +17,10 @@ use crate::topology::Topology;
 pub struct Revision {
     /// The revision id; it is also its UTC time (`YYYYMMDDThhmmss.mmmZ`).
     pub revision: String,
+    /// When the revision's apply began, UTC, in RFC 3339 (`2026-11-26T04:48:11.042Z`);
+    /// `None` when the id is not a time (a directory made by hand).
+    #[serde(default)]
+    pub time: Option<String>,
     /// Release versions by resource (`web=2`), for resources with a release.
     pub versions: Vec<String>,
     /// Strategies of the resources rolled out, `-` when nothing was rolled.
@@ -24,6 +32,16 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// The time for a table: `2026-11-26 04:48:11` (UTC), or the id when it is not a
+    /// time.
+    #[must_use]
+    pub fn display_time(&self) -> String {
+        self.time.as_deref().map_or_else(
+            || self.revision.clone(),
+            |t| t.get(..19).unwrap_or(t).replacen('T', " ", 1),
+        )
+    }
+
     /// Whether this revision ended with its version serving.
     #[must_use]
     pub fn is_good(&self) -> bool {
@@ -136,9 +154,9 @@ pub fn history(state: &StateDir, topology: &str) -> Result<Vec<Revision>, Histor
             (Some(record), _) if !record.result.succeeded() => (
                 record.result.as_str().to_owned(),
                 match &record.result {
-                    RolloutResult::RolledBack { reason } | RolloutResult::Failed { reason, .. } => {
-                        Some(reason.clone())
-                    }
+                    RolloutResult::RolledBack { reason }
+                    | RolloutResult::Failed { reason, .. }
+                    | RolloutResult::Paused { reason, .. } => Some(reason.clone()),
                     RolloutResult::Succeeded => None,
                 },
             ),
@@ -151,6 +169,7 @@ pub fn history(state: &StateDir, topology: &str) -> Result<Vec<Revision>, Histor
             (_, None) => ("unfinished".to_owned(), None),
         };
         revisions.push(Revision {
+            time: revision_time(&revision),
             revision,
             versions,
             strategies,
@@ -159,6 +178,36 @@ pub fn history(state: &StateDir, topology: &str) -> Result<Vec<Revision>, Histor
         });
     }
     Ok(revisions)
+}
+
+/// The UTC time a revision id stands for, in RFC 3339 (`20261126T044811.042Z` is
+/// `2026-11-26T04:48:11.042Z`); `None` when `id` is not of that shape.
+#[must_use]
+pub fn revision_time(id: &str) -> Option<String> {
+    let b = id.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let shaped = b.len() == 20
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'.'
+        && digits(16..19)
+        && b[19] == b'Z';
+    shaped.then(|| {
+        format!(
+            "{}-{}-{}T{}:{}:{}.{}Z",
+            &id[0..4],
+            &id[4..6],
+            &id[6..8],
+            &id[9..11],
+            &id[11..13],
+            &id[13..15],
+            &id[16..19]
+        )
+    })
 }
 
 /// The revision `cul8er rollback` returns to: `to` when given (it must be recorded),
@@ -199,6 +248,7 @@ mod tests {
     fn rev(id: &str, outcome: &str) -> Revision {
         Revision {
             revision: id.into(),
+            time: revision_time(id),
             versions: vec![],
             strategies: vec![],
             outcome: outcome.into(),
@@ -225,6 +275,37 @@ mod tests {
             rollback_target(&history[..1], "t", None),
             Err(HistoryError::NothingToRollBackTo { .. })
         ));
+    }
+
+    #[test]
+    fn revision_ids_read_as_utc_times() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_668_491_042);
+        let id = crate::lock::revision_id(at);
+        assert_eq!(
+            revision_time(&id).as_deref(),
+            Some("2026-11-26T04:48:11.042Z")
+        );
+        let r = rev(&id, "succeeded");
+        assert_eq!(r.display_time(), "2026-11-26 04:48:11");
+        for not_a_time in [
+            "r1",
+            "",
+            "20261126T044811.042",
+            "2026112xT044811.042Z",
+            "20261126T044811.042Zé",
+        ] {
+            assert_eq!(revision_time(not_a_time), None, "{not_a_time}");
+        }
+        assert_eq!(rev("r1", "failed").display_time(), "r1");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["time"], "2026-11-26T04:48:11.042Z");
+        assert_eq!(json["revision"], id.as_str());
+        // Older JSON without the field still reads.
+        let old: Revision = serde_json::from_str(
+            r#"{"revision":"r1","versions":[],"strategies":[],"outcome":"succeeded","reason":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.time, None);
     }
 
     #[test]
@@ -267,5 +348,6 @@ mod tests {
         assert_eq!(listed[1].outcome, "rolled-back");
         assert_eq!(listed[1].strategies, ["web:rolling"]);
         assert_eq!(listed[1].reason.as_deref(), Some("health gate failed"));
+        assert_eq!(listed[0].time, None);
     }
 }
