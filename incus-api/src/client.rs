@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{Error, Result};
+use crate::operation_waiter::OperationWaiter;
 use crate::request::{ApiRequest, Body};
 use crate::response::{Envelope, decode_envelope};
 use crate::transport::pool::{Lease, Pool};
@@ -224,6 +225,8 @@ struct Scope {
 pub struct Client {
     inner: Arc<Inner>,
     scope: Scope,
+    /// When set, operation waits go through its shared events subscription.
+    waiter: Option<OperationWaiter>,
 }
 
 impl Client {
@@ -276,6 +279,7 @@ impl Client {
                 user_agent,
             }),
             scope: Scope::default(),
+            waiter: None,
         }
     }
 
@@ -293,6 +297,39 @@ impl Client {
     pub fn target(&self, target: impl Into<String>) -> Self {
         let mut c = self.clone();
         c.scope.target = Some(target.into());
+        c
+    }
+
+    /// Opens one `/1.0/events` subscription (operation events of all projects) that
+    /// can resolve the waits of many operations at once, as the Go client's waits do.
+    /// Open it before starting the operations to follow; see [`OperationWaiter`].
+    ///
+    /// # Errors
+    /// When the subscription cannot be opened (e.g. 403 for a client restricted to
+    /// some projects).
+    pub async fn operation_waiter(&self) -> Result<OperationWaiter> {
+        OperationWaiter::subscribe(self).await
+    }
+
+    /// A clone whose operation waits ([`crate::PendingOperation::wait`],
+    /// [`crate::operations::Operations::wait`]) go through `waiter` instead of a
+    /// `/wait` request each. Its project and target clones keep it.
+    #[must_use]
+    pub fn with_waiter(&self, waiter: &OperationWaiter) -> Self {
+        let mut c = self.clone();
+        c.waiter = Some(waiter.clone());
+        c
+    }
+
+    /// The waiter this client's operation waits go through, when set.
+    pub(crate) fn waiter(&self) -> Option<&OperationWaiter> {
+        self.waiter.as_ref()
+    }
+
+    /// This client without a waiter (the waiter's own fallback).
+    pub(crate) fn without_waiter(&self) -> Self {
+        let mut c = self.clone();
+        c.waiter = None;
         c
     }
 

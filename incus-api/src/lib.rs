@@ -11,7 +11,9 @@
 //!   [`Client::images`], [`Client::storage`], `storage_volumes(pool)`, `projects()`,
 //!   [`Client::certificates`], [`Client::cluster`], [`Client::server`].
 //! - Calls that start background work return a [`PendingOperation`]: wait for it with
-//!   a deadline, or follow it on an [`events::EventStream`] opened before the call.
+//!   a deadline, or follow it on an [`events::EventStream`] opened before the call. A
+//!   client given an [`operation_waiter::OperationWaiter`] resolves all its waits
+//!   through one shared events subscription, as the Go client does.
 //! - Remote servers: [`trust`] fetches and checks the server certificate, redeems trust
 //!   tokens and generates client certificates; [`ClientBuilder::https`] pins it.
 //! - Every failure is an [`Error`] that keeps Incus's status and message.
@@ -38,6 +40,7 @@ pub mod images;
 pub mod instances;
 pub mod network_acls;
 pub mod networks;
+pub mod operation_waiter;
 pub mod operations;
 pub mod profiles;
 pub mod projects;

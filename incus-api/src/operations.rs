@@ -272,16 +272,34 @@ impl Operations {
             .await
     }
 
-    /// Waits until the operation is final or `deadline` passes, with `/wait` requests of
-    /// at most 30 s. Returns the final operation whatever its outcome; use
-    /// [`Operation::into_success`] to turn failure into an error.
+    /// Waits until the operation is final or `deadline` passes. Returns the final
+    /// operation whatever its outcome; use [`Operation::into_success`] to turn failure
+    /// into an error.
     ///
-    /// On 6.0.4 a failed operation comes back as an error body without the operation:
-    /// the returned value then has status `Failure` and the message in `err`.
+    /// On a client given an [`crate::operation_waiter::OperationWaiter`] (see
+    /// [`Client::with_waiter`]) this goes through its shared events subscription;
+    /// otherwise through `/wait` requests of at most 30 s. On 6.0.4 a failed
+    /// operation comes back from `/wait` as an error body without the operation: the
+    /// returned value then has status `Failure` and the message in `err`.
     ///
     /// # Errors
     /// [`Error::Timeout`] at the deadline; API errors (404 when it is gone).
     pub async fn wait(&self, op: &Operation, deadline: Instant) -> Result<Operation> {
+        if op.is_final() {
+            return Ok(op.clone());
+        }
+        match self.client.waiter() {
+            Some(waiter) => waiter.wait(op, deadline).await,
+            None => self.wait_polling(op, deadline).await,
+        }
+    }
+
+    /// [`Operations::wait`] through `/wait` requests of at most 30 s.
+    pub(crate) async fn wait_polling(
+        &self,
+        op: &Operation,
+        deadline: Instant,
+    ) -> Result<Operation> {
         if op.is_final() {
             return Ok(op.clone());
         }
