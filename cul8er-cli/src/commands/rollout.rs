@@ -44,8 +44,8 @@ pub(crate) fn history(args: &TopologyArgs, settings: &Settings) -> Outcome {
         return Outcome::Success;
     }
     let mut out = format!(
-        "{:<22}  {:<16}  {:<20}  {:<11}  {}\n",
-        "REVISION", "VERSION", "STRATEGY", "OUTCOME", "REASON"
+        "{:<19}  {:<22}  {:<16}  {:<20}  {:<11}  {}\n",
+        "TIME (UTC)", "REVISION", "VERSION", "STRATEGY", "OUTCOME", "REASON"
     );
     for r in &revisions {
         let join = |v: &[String]| {
@@ -56,7 +56,8 @@ pub(crate) fn history(args: &TopologyArgs, settings: &Settings) -> Outcome {
             }
         };
         out.push_str(&format!(
-            "{:<22}  {:<16}  {:<20}  {:<11}  {}\n",
+            "{:<19}  {:<22}  {:<16}  {:<20}  {:<11}  {}\n",
+            r.display_time(),
             r.revision,
             join(&r.versions),
             join(&r.strategies),

@@ -32,12 +32,12 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// The time for a table: `2026-11-26 04:48:11` (UTC), or the id when it is not a
-    /// time.
+    /// The time for a table: `2026-11-26 04:48:11` (UTC), or `-` when the id is not
+    /// a time.
     #[must_use]
     pub fn display_time(&self) -> String {
         self.time.as_deref().map_or_else(
-            || self.revision.clone(),
+            || "-".to_owned(),
             |t| t.get(..19).unwrap_or(t).replacen('T', " ", 1),
         )
     }
@@ -296,7 +296,7 @@ mod tests {
         ] {
             assert_eq!(revision_time(not_a_time), None, "{not_a_time}");
         }
-        assert_eq!(rev("r1", "failed").display_time(), "r1");
+        assert_eq!(rev("r1", "failed").display_time(), "-");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["time"], "2026-11-26T04:48:11.042Z");
         assert_eq!(json["revision"], id.as_str());
