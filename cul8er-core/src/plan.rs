@@ -249,6 +249,11 @@ impl Plan {
         }
     }
 
+    /// A plan of nothing, for rollouts continued outside an apply.
+    pub(crate) fn empty(topology: String) -> Self {
+        Self::new(topology, Vec::new(), Vec::new())
+    }
+
     /// Whether apply has anything to do.
     #[must_use]
     pub fn has_changes(&self) -> bool {

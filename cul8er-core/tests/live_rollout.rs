@@ -16,10 +16,9 @@
 mod live_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cul8er_core::execute::{ApplyEvent, Cancel};
@@ -28,8 +27,8 @@ use cul8er_core::rollout::{RolloutResult, history};
 use cul8er_core::state::StateDir;
 use cul8er_core::topology::{self, LoadOptions};
 use cul8er_core::{ApplyReport, ApplyRequest, Deployment};
+use live_support::load::{Load, get};
 use live_support::{image, incus, incus_quiet, instances_named, proxy_binary, socket};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Removes the topology's instances, bridge and server keys when dropped.
 struct Cleanup {
@@ -130,91 +129,6 @@ async fn apply(d: &Deployment) -> (ApplyReport, Vec<String>) {
         .await
         .unwrap();
     (report, events.into_inner().unwrap())
-}
-
-/// One GET on a new connection with a 2 s client timeout: the body, or why not.
-async fn get(port: u16) -> Result<String, String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut text = String::new();
-        stream
-            .read_to_string(&mut text)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let status = text.lines().next().unwrap_or_default().to_owned();
-        if !status.contains(" 200 ") {
-            return Err(format!("status {status:?}"));
-        }
-        Ok(text
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .trim()
-            .to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| "timed out after 2 s".to_owned())?
-}
-
-/// The load generator: `CLIENTS` clients until stopped, or `MAX_REQUESTS` in all, or
-/// `MAX_TIME`. Counts answers by body and keeps every failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: tokio::task::JoinSet<()>,
-    answers: Arc<Mutex<BTreeMap<String, u64>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-}
-
-const CLIENTS: usize = 8;
-const MAX_REQUESTS: u32 = 100_000;
-const MAX_TIME: Duration = Duration::from_secs(300);
-
-impl Load {
-    fn start(port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU32::new(0));
-        let answers = Arc::new(Mutex::new(BTreeMap::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = tokio::task::JoinSet::new();
-        let until = tokio::time::Instant::now() + MAX_TIME;
-        for _ in 0..CLIENTS {
-            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-            let (answers, failures) = (Arc::clone(&answers), Arc::clone(&failures));
-            tasks.spawn(async move {
-                while !stop.load(Ordering::Relaxed)
-                    && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
-                    && tokio::time::Instant::now() < until
-                {
-                    match get(port).await {
-                        Ok(body) => *answers.lock().unwrap().entry(body).or_insert(0) += 1,
-                        Err(why) => failures.lock().unwrap().push(why),
-                    }
-                }
-            });
-        }
-        Self {
-            stop,
-            tasks,
-            answers,
-            failures,
-        }
-    }
-
-    /// Stops the clients; the answers by body and the failures.
-    async fn finish(mut self) -> (BTreeMap<String, u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        while self.tasks.join_next().await.is_some() {}
-        let answers = self.answers.lock().unwrap().clone();
-        let failures = self.failures.lock().unwrap().clone();
-        (answers, failures)
-    }
 }
 
 fn web_source(

@@ -482,7 +482,7 @@ fn in_set(mut observed: Observed, set: &str, keys: &[(&str, &str)]) -> Observed 
 }
 
 /// The web instances of `from` added to `into`.
-fn beside(mut into: Observed, from: Observed) -> Observed {
+fn beside(mut into: Observed, from: &Observed) -> Observed {
     let extra: Vec<ObservedInstance> = from.hosts["local"]
         .instances
         .iter()
@@ -617,7 +617,7 @@ fn an_old_set_is_kept_until_its_time_then_deleted() {
     let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
     let world = beside(
         in_set(converged(&v2), "g", &[]),
-        in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
+        &in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
     );
     let kept = plan::plan(&v2, &at(world.clone(), 999));
     let old = change(&kept, "shop-web-1");
@@ -665,7 +665,7 @@ fn rolling_back_while_the_old_set_exists_switches_back_to_it() {
     let world = at(
         beside(
             in_set(converged(&v2), "g", &[]),
-            in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
+            &in_set(converged(&v1), "", &[(desired::KEY_RETIRE, "1000")]),
         ),
         10,
     );
@@ -691,7 +691,7 @@ fn a_set_left_by_an_interrupted_rollout_is_deleted() {
     let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
     let world = beside(
         converged(&v1),
-        in_set(converged(&v2), "g", &[(desired::KEY_CANDIDATE, "true")]),
+        &in_set(converged(&v2), "g", &[(desired::KEY_CANDIDATE, "true")]),
     );
     let plan = plan::plan(&v1, &world);
     let left = change(&plan, "shop-web-1-g");

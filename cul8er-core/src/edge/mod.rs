@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use desire::EdgeCollector;
 pub use desire::through_edge;
+pub(crate) use reconcile::addresses_of;
 pub use reconcile::{EdgeStatus, ObservedEdge, converge, edge_status, observe_edge, plan_edges};
 pub use spec::{
     Addresses, DesiredEdge, EDGE_RESOURCE, EdgeBackend, EdgeBinary, EdgeBinaryError, EdgeListener,

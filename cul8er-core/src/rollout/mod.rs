@@ -21,10 +21,11 @@ pub mod pending;
 mod run;
 pub mod schedule;
 pub mod snapshot;
+pub mod switch;
 
 use serde::{Deserialize, Serialize};
 
-pub use run::{RolloutReport, apply};
+pub use run::{RolloutReport, apply, apply_with};
 
 /// How a rollout ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,14 @@ pub enum RolloutResult {
         /// What to do next.
         next: String,
     },
+    /// A blue-green or canary rollout stopped at a whole step and is recorded on the
+    /// Incus server ([`pending`]): `cul8er promote`, `resume` or `abort` go on.
+    Paused {
+        /// Why it paused (manual promotion, a pause requested).
+        reason: String,
+        /// What to do next.
+        next: String,
+    },
 }
 
 impl RolloutResult {
@@ -55,6 +64,7 @@ impl RolloutResult {
             Self::Succeeded => "succeeded",
             Self::RolledBack { .. } => "rolled-back",
             Self::Failed { .. } => "failed",
+            Self::Paused { .. } => "paused",
         }
     }
 

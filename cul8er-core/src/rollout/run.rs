@@ -41,7 +41,7 @@ enum Undo {
     Nothing { name: String },
 }
 
-fn step(change: &Change) -> Step {
+pub(super) fn step(change: &Change) -> Step {
     Step {
         host: change.host.clone(),
         kind: change.kind,
@@ -54,6 +54,12 @@ fn is_rolled(change: &Change, topology: &Topology) -> bool {
     change.kind == ObjectKind::Instance
         && matches!(change.action, Action::Update | Action::Replace)
         && matches!(change.target, Some(Target::Instance(_)))
+        && resource_of(change, topology).is_some()
+}
+
+fn is_set(change: &Change, topology: &Topology) -> bool {
+    change.kind == ObjectKind::Set
+        && matches!(change.target, Some(Target::Set(_)))
         && resource_of(change, topology).is_some()
 }
 
@@ -92,9 +98,24 @@ pub async fn apply(
     cancel: &Cancel,
     on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
 ) -> RolloutReport {
+    apply_with(executor, topology, plan, probe, None, cancel, on_event).await
+}
+
+/// [`apply`], with the store where a blue-green or canary rollout that pauses
+/// (manual promotion, `cul8er pause`) is recorded; without one such a rollout is
+/// undone where it would pause.
+pub async fn apply_with(
+    executor: &Executor,
+    topology: &Topology,
+    plan: &Plan,
+    probe: Option<&crate::edge::EdgeBinary>,
+    pending: Option<&super::pending::PendingStore>,
+    cancel: &Cancel,
+    on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
+) -> RolloutReport {
     let rolled: Vec<&Change> = plan
         .actionable()
-        .filter(|c| is_rolled(c, topology))
+        .filter(|c| is_rolled(c, topology) || is_set(c, topology))
         .collect();
     if rolled.is_empty() {
         return RolloutReport {
@@ -105,7 +126,9 @@ pub async fn apply(
     let last = |c: &Change| {
         matches!(c.kind, ObjectKind::Network | ObjectKind::Volume) && c.action == Action::Delete
     };
-    let first = only(plan, |c| !is_rolled(c, topology) && !last(c));
+    let first = only(plan, |c| {
+        !is_rolled(c, topology) && !is_set(c, topology) && !last(c)
+    });
     let mut outcome = executor.apply(&first, cancel, on_event).await;
     let revision = executor.options.revision.clone();
     let mut record = RolloutRecord {
@@ -124,6 +147,7 @@ pub async fn apply(
         cancel,
         on_event,
         binary: OnceCell::new_with(probe.cloned().map(Some)),
+        pending: pending.cloned(),
     };
     for resource in &topology.resources {
         let changes: Vec<Change> = rolled
@@ -138,7 +162,10 @@ pub async fn apply(
             skip(&mut outcome, &changes, reason, on_event);
             continue;
         }
-        let (done, result) = roller.roll(resource, &changes).await;
+        let (done, result) = match changes.iter().find(|c| c.kind == ObjectKind::Set) {
+            Some(set) => roller.roll_set(resource, set).await,
+            None => roller.roll(resource, &changes).await,
+        };
         merge(&mut outcome, done);
         if !result.result.succeeded() {
             stop = Some(format!("the rollout of {} failed", resource.name));
@@ -207,17 +234,19 @@ fn skip(
     }
 }
 
-struct Roller<'a> {
-    executor: &'a Executor,
-    plan: &'a Plan,
-    topology: &'a Topology,
-    cancel: &'a Cancel,
-    on_event: &'a (dyn Fn(&ApplyEvent) + Send + Sync),
-    binary: OnceCell<Option<crate::edge::EdgeBinary>>,
+pub(super) struct Roller<'a> {
+    pub(super) executor: &'a Executor,
+    pub(super) plan: &'a Plan,
+    pub(super) topology: &'a Topology,
+    pub(super) cancel: &'a Cancel,
+    pub(super) on_event: &'a (dyn Fn(&ApplyEvent) + Send + Sync),
+    pub(super) binary: OnceCell<Option<crate::edge::EdgeBinary>>,
+    /// Where a paused blue-green or canary rollout is recorded.
+    pub(super) pending: Option<super::pending::PendingStore>,
 }
 
 impl Roller<'_> {
-    fn timeout(&self) -> Duration {
+    pub(super) fn timeout(&self) -> Duration {
         self.executor.options.operation_timeout
     }
 
@@ -501,7 +530,7 @@ impl Roller<'_> {
     }
 
     /// Runs the resource's health gate on one changed instance, with the crash watch.
-    async fn gate(
+    pub(super) async fn gate(
         &self,
         resource: &Resource,
         change: &Change,
@@ -699,7 +728,7 @@ impl Roller<'_> {
     }
 }
 
-async fn wait(
+pub(super) async fn wait(
     op: Result<incus_api::PendingOperation, incus_api::Error>,
     timeout: Duration,
 ) -> Result<(), String> {

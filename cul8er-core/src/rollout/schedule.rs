@@ -28,6 +28,33 @@ pub fn canary_weights(steps: &[CanaryStep]) -> Vec<u32> {
     weights
 }
 
+/// The per-backend weights that give a canary set exactly `weight` percent of the
+/// traffic: `(on each canary backend, on each stable backend)`, reduced. With 3
+/// canary and 3 stable backends, 10% is `(1, 9)`; with 1 canary and 4 stable, 10% is
+/// `(4, 9)`. At 100 (or without stable backends) stable gets 0; at 0 the canary does.
+#[must_use]
+pub fn canary_backend_weights(weight: u32, canary: usize, stable: usize) -> (u32, u32) {
+    let canary = u32::try_from(canary).unwrap_or(u32::MAX).max(1);
+    let stable = u32::try_from(stable).unwrap_or(u32::MAX);
+    match weight.min(100) {
+        100 => (1, 0),
+        _ if stable == 0 => (1, 0),
+        0 => (0, 1),
+        weight => {
+            let (c, s) = (weight * stable, (100 - weight) * canary);
+            let g = gcd(c, s);
+            (c / g, s / g)
+        }
+    }
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
+}
+
 /// How a pause ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseEnd {
@@ -146,6 +173,26 @@ mod tests {
         );
         assert_eq!(canary_weights(&[step(20), step(60)]), [20, 60, 100]);
         assert_eq!(canary_weights(&[step(150)]), [100]);
+    }
+
+    #[test]
+    fn canary_weights_per_backend_give_the_exact_share() {
+        assert_eq!(canary_backend_weights(10, 3, 3), (1, 9));
+        assert_eq!(canary_backend_weights(25, 3, 3), (1, 3));
+        assert_eq!(canary_backend_weights(50, 3, 3), (1, 1));
+        assert_eq!(canary_backend_weights(100, 3, 3), (1, 0));
+        assert_eq!(canary_backend_weights(10, 1, 4), (4, 9));
+        assert_eq!(canary_backend_weights(0, 2, 2), (0, 1));
+        assert_eq!(canary_backend_weights(30, 2, 0), (1, 0));
+        for (weight, canary, stable) in [(10, 1, 4), (25, 2, 5), (50, 4, 1), (1, 7, 3)] {
+            let (c, s) = canary_backend_weights(weight, canary, stable);
+            let (c_total, s_total) = (c * canary as u32, s * stable as u32);
+            assert_eq!(
+                c_total * 100,
+                weight * (c_total + s_total),
+                "{weight}% over {canary}+{stable}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,8 @@
 //! leftovers of runs that died.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,1221 @@
+//! Blue-green and canary: the new version comes up as a parallel set of instances
+//! beside the serving one, and the edge moves traffic to it.
+//!
+//! Every move of traffic is one [`Edge::apply`] of a whole configuration carrying both
+//! sets with their weights, so the proxy swaps it atomically: the edge is never
+//! half-switched. The new set joins the edge at weight 0 (the edge health-checks it
+//! all the same) and must pass the resource's health gate and the edge's own checks
+//! before it gets any traffic.
+//!
+//! - **Blue-green**: one switch gives the new set all the weight and the old set 0.
+//!   The old set stays, marked `user.cul8er.retire-after`, for the scale-down delay so
+//!   that `cul8er rollback` switches back at once. A delay up to
+//!   [`FOREGROUND_DELAY`] is waited out in the foreground and the old set removed;
+//!   a longer one is left to the next plan, which deletes expired old sets.
+//! - **Canary**: the canary's share follows the steps with per-backend weights that
+//!   make it exact; each step is judged by [`super::analysis::judge`] on the edge's
+//!   per-backend counters; a failing step puts all weight back on stable in one
+//!   change and deletes the canary. At 100% the canary is the new stable and the old
+//!   set is drained and deleted.
+//!
+//! A manual promotion (`promotion=manual`, `pause=manual`) or a `cul8er pause` ends
+//! the command with the rollout recorded as paused ([`super::pending`]) at a whole
+//! step. Ctrl-C before the switch (blue-green) or during the steps (canary) puts all
+//! traffic back on the serving set and deletes the new one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cul8er_proxy::ProxyConfig;
+use cul8er_proxy::config::BackendConfig;
+use cul8er_proxy::metrics::BackendStats;
+use futures_util::future::join_all;
+use incus_api::Client;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::pending::{
+    BackendWeight, InstanceSet, PauseReason, PendingRollout, Phase, SetMember, SwitchStrategy,
+};
+use super::run::{Roller, step, wait};
+use super::schedule::{PauseEnd, canary_backend_weights, canary_weights, pause};
+use super::{ResourceRollout, RolloutResult};
+use crate::desired::{KEY_CANDIDATE, KEY_RETIRE};
+use crate::edge::Edge;
+use crate::execute::{ApplyEvent, ApplyOutcome, Step, StepOutcome, StepStatus, error_chain};
+use crate::health::CrashWatch;
+use crate::plan::{Action, Change, ObjectKind, SetChange, Target};
+use crate::topology::{Canary, Pause, Promotion, Resource, StrategyKind};
+
+/// The longest scale-down delay `apply` waits out in the foreground before it removes
+/// the old set itself; a longer delay is left to the next plan.
+pub const FOREGROUND_DELAY: Duration = Duration::from_secs(60);
+
+/// The least time a canary step without a pause is watched before it is judged.
+pub const STEP_WINDOW: Duration = Duration::from_secs(10);
+
+/// The longest a canary step waits for `min-requests` beyond its pause.
+pub const JUDGE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// One exposed port of the resource on the edge.
+#[derive(Debug, Clone)]
+pub(super) struct ServiceRef {
+    name: String,
+    nic: String,
+    port: u16,
+}
+
+/// The edge services of `resource`, named as the edge's desire names them.
+pub(super) fn services(resource: &Resource) -> Vec<ServiceRef> {
+    let routed: Vec<(usize, u16)> = resource
+        .networks
+        .iter()
+        .enumerate()
+        .flat_map(|(index, attachment)| {
+            attachment
+                .expose
+                .iter()
+                .filter(|e| crate::edge::through_edge(e, resource.replicas))
+                .map(move |e| (index, e.port))
+        })
+        .collect();
+    let several = routed.len() > 1;
+    routed
+        .into_iter()
+        .map(|(index, port)| ServiceRef {
+            name: if several {
+                format!("{}-{port}", resource.name)
+            } else {
+                resource.name.clone()
+            },
+            nic: format!("eth{index}"),
+            port,
+        })
+        .collect()
+}
+
+/// A set rollout in progress: which instances serve, which are new.
+#[derive(Debug, Clone)]
+pub(super) struct SetRun<'s> {
+    pub(super) resource: &'s Resource,
+    /// The step progress is reported on.
+    pub(super) step: Step,
+    pub(super) old: Vec<String>,
+    pub(super) new: Vec<String>,
+    pub(super) old_label: String,
+    pub(super) new_label: String,
+    pub(super) version: Option<String>,
+    pub(super) services: Vec<ServiceRef>,
+}
+
+impl SetRun<'_> {
+    fn strategy(&self) -> SwitchStrategy {
+        if self.resource.strategy.kind == StrategyKind::Canary {
+            SwitchStrategy::Canary
+        } else {
+            SwitchStrategy::BlueGreen
+        }
+    }
+
+    fn canary(&self) -> Canary {
+        self.resource.strategy.canary.clone().unwrap_or_default()
+    }
+
+    /// The record of this rollout paused at `phase`.
+    pub(super) fn record(
+        &self,
+        topology: &str,
+        revision: &str,
+        phase: Phase,
+        reason: Option<PauseReason>,
+        weights: Vec<BackendWeight>,
+    ) -> PendingRollout {
+        let members = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| SetMember {
+                    instance: n.clone(),
+                    backend: if self.services.is_empty() {
+                        String::new()
+                    } else {
+                        n.clone()
+                    },
+                })
+                .collect()
+        };
+        PendingRollout {
+            topology: topology.to_owned(),
+            revision: revision.to_owned(),
+            resource: self.resource.name.clone(),
+            version: self.version.clone(),
+            strategy: self.strategy(),
+            phase,
+            old_set: InstanceSet {
+                set: self.old_label.clone(),
+                members: members(&self.old),
+            },
+            new_set: InstanceSet {
+                set: self.new_label.clone(),
+                members: members(&self.new),
+            },
+            weights,
+            reason,
+            holder: crate::lock::Holder::current(),
+            at: super::pending::utc_time(std::time::SystemTime::now()),
+            hosts: vec![self.step.host.clone()],
+        }
+    }
+}
+
+/// Where a set rollout goes on from: the start, or a paused phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Entry {
+    /// Create the set (or reuse it), gate it, then switch or step.
+    Start,
+    /// Blue-green: switch now (`promote`).
+    Switch,
+    /// Canary: go on from step `index` (`resume`), or to 100% at once when `promote`.
+    Step { index: usize, promote: bool },
+    /// Put all traffic back on the serving set and delete the new one (`abort`).
+    Abort,
+}
+
+/// How far a set rollout got.
+#[derive(Debug)]
+enum Ended {
+    /// The new set serves.
+    Done,
+    /// Paused: recorded, the command ends.
+    Paused(Box<PendingRollout>),
+    /// Failed before the new set served: undo.
+    Failed(String),
+}
+
+impl Roller<'_> {
+    fn set_progress(&self, run: &SetRun<'_>, message: impl Into<String>) {
+        (self.on_event)(&ApplyEvent::StepProgress {
+            step: run.step.clone(),
+            message: message.into(),
+        });
+    }
+
+    fn edge(&self, client: &Client) -> Edge {
+        Edge::connect(client, crate::edge::edge_instance_name(&self.topology.name))
+            .with_timeout(self.timeout())
+    }
+
+    /// Rolls a set change of the plan out.
+    pub(super) async fn roll_set(
+        &self,
+        resource: &Resource,
+        change: &Change,
+    ) -> (ApplyOutcome, ResourceRollout) {
+        let mut outcome = ApplyOutcome {
+            revision: self.executor.options.revision.clone(),
+            steps: Vec::new(),
+            cancelled: false,
+            millis: 0,
+        };
+        let Some(Target::Set(set)) = &change.target else {
+            let reason = format!("the set change {} names no set", change.name);
+            return (outcome, self.set_record(resource, &[], failed(&reason)));
+        };
+        let run = SetRun {
+            resource,
+            step: step(change),
+            old: set.serving.clone(),
+            new: set.instances.iter().map(|i| i.name.clone()).collect(),
+            old_label: set.serving_set.clone(),
+            new_label: set.set.clone(),
+            version: resource.release.as_ref().map(|r| r.version.clone()),
+            services: services(resource),
+        };
+        let begin = Instant::now();
+        (self.on_event)(&ApplyEvent::StepStarted {
+            step: run.step.clone(),
+        });
+        let result = self
+            .drive(&run, Entry::Start, Some(set), &mut outcome)
+            .await;
+        let millis = u64::try_from(begin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let error = match &result {
+            RolloutResult::RolledBack { reason } | RolloutResult::Failed { reason, .. } => {
+                Some(reason.clone())
+            }
+            RolloutResult::Succeeded | RolloutResult::Paused { .. } => None,
+        };
+        match &error {
+            None => (self.on_event)(&ApplyEvent::StepDone {
+                step: run.step.clone(),
+                millis,
+                waiting_millis: 0,
+            }),
+            Some(error) => (self.on_event)(&ApplyEvent::StepFailed {
+                step: run.step.clone(),
+                error: error.clone(),
+            }),
+        }
+        outcome.steps.push(StepOutcome {
+            step: run.step.clone(),
+            status: if error.is_some() {
+                StepStatus::Failed
+            } else {
+                StepStatus::Done
+            },
+            error,
+            millis,
+            waiting_millis: 0,
+        });
+        if self.cancel.graceful.is_cancelled() {
+            outcome.cancelled = true;
+        }
+        (outcome, self.set_record(resource, &run.new, result))
+    }
+
+    pub(super) fn set_record(
+        &self,
+        resource: &Resource,
+        instances: &[String],
+        result: RolloutResult,
+    ) -> ResourceRollout {
+        ResourceRollout {
+            resource: resource.name.clone(),
+            strategy: resource.strategy.kind.as_str().to_owned(),
+            version: resource.release.as_ref().map(|r| r.version.clone()),
+            instances: instances.to_vec(),
+            snapshots: Vec::new(),
+            result,
+        }
+    }
+
+    /// Runs a set rollout from `entry` to its end, a pause, or its undoing.
+    pub(super) async fn drive(
+        &self,
+        run: &SetRun<'_>,
+        entry: Entry,
+        set: Option<&SetChange>,
+        outcome: &mut ApplyOutcome,
+    ) -> RolloutResult {
+        let client = match self.executor.clients.get(&run.step.host) {
+            Some(client) => client,
+            None => return failed(&format!("no connection to host {}", run.step.host)),
+        };
+        let edge = self.edge(client);
+        let watch: OnceCell<Result<CrashWatch, String>> = OnceCell::new();
+        if let Some(store) = &self.pending {
+            // The record of a running rollout, so that `cul8er pause` can reach it.
+            let running = run.record(
+                &self.topology.name,
+                &self.executor.options.revision,
+                Phase::Running,
+                None,
+                Vec::new(),
+            );
+            if let Err(error) = store.save(&running).await {
+                self.set_progress(
+                    run,
+                    format!(
+                        "cannot record the rollout as running: {}",
+                        error_chain(&error)
+                    ),
+                );
+            }
+        }
+        let ended = match entry {
+            Entry::Abort => Ended::Failed("aborted by the operator".to_owned()),
+            Entry::Start => {
+                let up = tokio::select! {
+                    biased;
+                    () = self.cancel.graceful.cancelled() => Err("cancelled by the operator".to_owned()),
+                    up = self.bring_up(run, set, client, &edge, &watch, outcome) => up,
+                };
+                match up {
+                    Err(reason) => Ended::Failed(reason),
+                    Ok(()) if run.strategy() == SwitchStrategy::Canary => {
+                        self.steps(run, client, &edge, 0, false).await
+                    }
+                    Ok(()) => match run
+                        .resource
+                        .strategy
+                        .blue_green
+                        .unwrap_or_default()
+                        .promotion
+                    {
+                        Promotion::Manual => Ended::Paused(Box::new(run.record(
+                            &self.topology.name,
+                            &self.executor.options.revision,
+                            Phase::PausedBeforeSwitch,
+                            Some(PauseReason::ManualPromotion),
+                            Vec::new(),
+                        ))),
+                        Promotion::Automatic => match self.requested_pause(run).await {
+                            Some(reason) => Ended::Paused(Box::new(run.record(
+                                &self.topology.name,
+                                &self.executor.options.revision,
+                                Phase::PausedBeforeSwitch,
+                                Some(reason),
+                                Vec::new(),
+                            ))),
+                            None => self.switch(run, client, &edge).await,
+                        },
+                    },
+                }
+            }
+            Entry::Switch => self.switch(run, client, &edge).await,
+            Entry::Step { index, promote } => self.steps(run, client, &edge, index, promote).await,
+        };
+        if let Some(Ok(watch)) = watch.get() {
+            for name in &run.new {
+                watch.unwatch(name);
+            }
+        }
+        if !matches!(ended, Ended::Paused(_))
+            && let Some(store) = &self.pending
+            && let Err(error) = store.clear().await
+        {
+            self.set_progress(
+                run,
+                format!("cannot clear the rollout record: {}", error_chain(&error)),
+            );
+        }
+        match ended {
+            Ended::Done => RolloutResult::Succeeded,
+            Ended::Paused(record) => {
+                let record = *record;
+                let next = format!(
+                    "`cul8er promote` {}, `cul8er abort` puts all traffic back on the serving set",
+                    if run.strategy() == SwitchStrategy::Canary {
+                        "goes to 100% now, `cul8er resume` goes on with the next step"
+                    } else {
+                        "switches traffic to the new set"
+                    }
+                );
+                let saved = match &self.pending {
+                    Some(store) => store.save(&record).await.map_err(|e| error_chain(&e)),
+                    None => Err("no rollout record store: the rollout cannot pause".to_owned()),
+                };
+                match saved {
+                    Ok(()) => {
+                        self.set_progress(run, format!("paused: {record}"));
+                        RolloutResult::Paused {
+                            reason: record.reason.map(|r| r.to_string()).unwrap_or_default(),
+                            next,
+                        }
+                    }
+                    Err(problem) => {
+                        let reason = format!("cannot record the paused rollout: {problem}");
+                        self.undo_set(run, client, &edge, reason).await
+                    }
+                }
+            }
+            Ended::Failed(reason) => self.undo_set(run, client, &edge, reason).await,
+        }
+    }
+
+    async fn requested_pause(&self, run: &SetRun<'_>) -> Option<PauseReason> {
+        let store = self.pending.as_ref()?;
+        match store.take_pause_request().await {
+            Ok(Some(request)) => Some(PauseReason::PauseRequested { by: request.by }),
+            Ok(None) => None,
+            Err(error) => {
+                self.set_progress(
+                    run,
+                    format!("cannot read a pause request: {}", error_chain(&error)),
+                );
+                None
+            }
+        }
+    }
+
+    /// Creates the new set (unless it exists), adds it to the edge at weight 0 and
+    /// waits until every new instance passes its gate and the edge's checks.
+    async fn bring_up(
+        &self,
+        run: &SetRun<'_>,
+        set: Option<&SetChange>,
+        client: &Client,
+        edge: &Edge,
+        watch: &OnceCell<Result<CrashWatch, String>>,
+        outcome: &mut ApplyOutcome,
+    ) -> Result<(), String> {
+        let Some(set) = set else {
+            return Err("no set to bring up".to_owned());
+        };
+        let creates: Vec<Change> = set
+            .instances
+            .iter()
+            .map(|instance| Change {
+                host: run.step.host.clone(),
+                kind: ObjectKind::Instance,
+                name: instance.name.clone(),
+                resource: Some(run.resource.name.clone()),
+                action: Action::Create,
+                drift: false,
+                restart: false,
+                start: false,
+                reason: Some(format!("new set of {}", run.resource.name)),
+                fields: Vec::new(),
+                target: Some(Target::Instance(Box::new(instance.clone()))),
+            })
+            .collect();
+        if set.reuse {
+            self.set_progress(
+                run,
+                format!("switching back to the kept set {}", run.new.join(", ")),
+            );
+            self.mark(client, &run.new, &[KEY_RETIRE], None).await?;
+        } else {
+            self.set_progress(run, format!("creating the new set {}", run.new.join(", ")));
+            let mut sub = self.plan.clone();
+            sub.changes.clone_from(&creates);
+            let done = self.executor.apply(&sub, self.cancel, self.on_event).await;
+            let failure = done
+                .failures()
+                .next()
+                .map(|f| format!("{}: {}", f.step, f.error.clone().unwrap_or_default()));
+            let cancelled = done.cancelled;
+            outcome.steps.extend(done.steps);
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            if cancelled {
+                return Err("cancelled by the operator".to_owned());
+            }
+        }
+        if !run.services.is_empty() {
+            self.join_edge(run, client, edge).await?;
+        }
+        let gates = join_all(
+            creates
+                .iter()
+                .map(|c| self.gate(run.resource, c, Some(watch))),
+        )
+        .await;
+        if let Some(reason) = gates.into_iter().find_map(Result::err) {
+            return Err(reason);
+        }
+        if !run.services.is_empty() {
+            self.edge_healthy(run, edge).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the new set to every service of the edge at weight 0 (backends it knows
+    /// keep their weight), once each new instance has its address.
+    async fn join_edge(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+    ) -> Result<(), String> {
+        let until = Instant::now() + self.timeout();
+        let addresses = loop {
+            let mut addresses = BTreeMap::new();
+            let mut missing = Vec::new();
+            for name in &run.new {
+                let nics = crate::edge::addresses_of(client, name).await.map_err(|e| {
+                    format!("cannot read the address of {name}: {}", error_chain(&e))
+                })?;
+                for service in &run.services {
+                    if !nics.contains_key(&service.nic) {
+                        missing.push(format!("{name}/{}", service.nic));
+                    }
+                }
+                addresses.insert(name.clone(), nics);
+            }
+            if missing.is_empty() {
+                break addresses;
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "no address for {} after {}s; do the instances get a DHCP lease on the bridge?",
+                    missing.join(", "),
+                    self.timeout().as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let mut config = edge.config().await.map_err(|e| error_chain(&e))?;
+        for service in &run.services {
+            let found = service_mut(&mut config, &service.name)?;
+            for name in &run.new {
+                let Some(ip) = addresses.get(name).and_then(|n| n.get(&service.nic)) else {
+                    continue;
+                };
+                let address = SocketAddr::new(*ip, service.port);
+                match found.backends.iter_mut().find(|b| &b.name == name) {
+                    Some(backend) => backend.address = address,
+                    None => found.backends.push(BackendConfig {
+                        name: name.clone(),
+                        address,
+                        weight: 0,
+                    }),
+                }
+            }
+        }
+        self.set_progress(run, "the new set joins the edge at weight 0");
+        edge.apply(&config).await.map_err(|e| error_chain(&e))
+    }
+
+    /// Waits until the edge's own checks find every new backend healthy.
+    async fn edge_healthy(&self, run: &SetRun<'_>, edge: &Edge) -> Result<(), String> {
+        let deadline = run
+            .resource
+            .strategy
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(120), |h| h.deadline.to_std());
+        let until = Instant::now() + deadline;
+        loop {
+            let report = edge.health().await.map_err(|e| error_chain(&e))?;
+            let mut waiting = Vec::new();
+            for service in &run.services {
+                let Some(found) = report.services.iter().find(|s| s.name == service.name) else {
+                    return Err(format!("the edge has no service {}", service.name));
+                };
+                for name in &run.new {
+                    let healthy = found.backends.iter().any(|b| {
+                        &b.name == name
+                            && b.health == cul8er_proxy::health::HealthStatus::Healthy
+                            && !b.ejected
+                    });
+                    if !healthy {
+                        waiting.push(format!("{}/{name}", service.name));
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                self.set_progress(run, "the edge finds every new backend healthy");
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "the edge's checks did not find {} healthy within {}s",
+                    waiting.join(", "),
+                    deadline.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sets the weights of both sets in one atomic change: `weight(name)` for each
+    /// backend of either set; `first` come first in each service.
+    async fn weigh_sets(
+        &self,
+        run: &SetRun<'_>,
+        edge: &Edge,
+        weight: impl Fn(&str) -> Option<u32>,
+        first: &[String],
+        drop: &[String],
+    ) -> Result<Vec<BackendWeight>, String> {
+        if run.services.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut config = edge.config().await.map_err(|e| error_chain(&e))?;
+        let mut weights = Vec::new();
+        for service in &run.services {
+            let found = service_mut(&mut config, &service.name)?;
+            found.backends.retain(|b| !drop.contains(&b.name));
+            for backend in &mut found.backends {
+                if let Some(w) = weight(&backend.name) {
+                    backend.weight = w;
+                }
+                weights.push(BackendWeight {
+                    service: service.name.clone(),
+                    backend: backend.name.clone(),
+                    weight: backend.weight,
+                });
+            }
+            // Stable order: the serving set first, as the planner's edge lists it.
+            found
+                .backends
+                .sort_by_key(|b| usize::from(!first.contains(&b.name)));
+        }
+        edge.apply(&config).await.map_err(|e| error_chain(&e))?;
+        Ok(weights)
+    }
+
+    /// Blue-green: all traffic to the new set in one change, then the old set retires.
+    async fn switch(&self, run: &SetRun<'_>, client: &Client, edge: &Edge) -> Ended {
+        let new = run.new.clone();
+        let switched = self
+            .weigh_sets(
+                run,
+                edge,
+                |name| {
+                    if new.iter().any(|n| n == name) {
+                        Some(1)
+                    } else if run.old.iter().any(|n| n == name) {
+                        Some(0)
+                    } else {
+                        None
+                    }
+                },
+                &run.new,
+                &[],
+            )
+            .await;
+        if let Err(reason) = switched {
+            return Ended::Failed(format!("the switch failed: {reason}"));
+        }
+        self.set_progress(
+            run,
+            format!(
+                "traffic switched to {} in one change; {} at weight 0",
+                run.new.join(", "),
+                run.old.join(", ")
+            ),
+        );
+        let delay = run
+            .resource
+            .strategy
+            .blue_green
+            .unwrap_or_default()
+            .scale_down_delay
+            .to_std();
+        let retire_at = std::time::SystemTime::now() + delay;
+        let retire_secs = retire_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Err(problem) = self
+            .mark(client, &run.new, &[KEY_CANDIDATE, KEY_RETIRE], None)
+            .await
+        {
+            self.set_progress(
+                run,
+                format!("cannot mark the new set as serving: {problem}"),
+            );
+        }
+        if let Err(problem) = self
+            .mark(
+                client,
+                &run.old,
+                &[],
+                Some((KEY_RETIRE, retire_secs.to_string())),
+            )
+            .await
+        {
+            self.set_progress(
+                run,
+                format!("cannot mark the old set for removal: {problem}"),
+            );
+        }
+        if delay > FOREGROUND_DELAY {
+            self.set_progress(
+                run,
+                format!(
+                    "the old set is kept until {} (scale-down delay {}s) so that `cul8er rollback` switches back at once; the next plan after that deletes it",
+                    super::pending::utc_time(retire_at),
+                    delay.as_secs()
+                ),
+            );
+            return Ended::Done;
+        }
+        let until = Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.set_progress(
+                run,
+                format!("old set removed in {}s (scale-down delay)", left.as_secs()),
+            );
+            let tick = left.min(Duration::from_secs(10));
+            tokio::select! {
+                biased;
+                () = self.cancel.graceful.cancelled() => {
+                    self.set_progress(run, "interrupted during the scale-down delay: the switch stands; the next plan deletes the old set");
+                    return Ended::Done;
+                }
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        if let Err(problem) = self.retire(run, client, edge, &run.old).await {
+            self.set_progress(
+                run,
+                format!("cannot remove the old set (the next plan deletes it): {problem}"),
+            );
+        }
+        Ended::Done
+    }
+
+    /// Drains `names` on the edge, takes them out of its configuration and deletes them.
+    async fn retire(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+        names: &[String],
+    ) -> Result<(), String> {
+        for service in &run.services {
+            for name in names {
+                match edge.drain(&service.name, name).await {
+                    Ok(_) => {}
+                    Err(crate::edge::EdgeError::NotFound { .. }) => {}
+                    Err(e) => return Err(error_chain(&e)),
+                }
+            }
+        }
+        self.weigh_sets(run, edge, |_| None, &[], names).await?;
+        self.set_progress(run, format!("deleting {}", names.join(", ")));
+        let instances = client.instances();
+        for name in names {
+            match instances.get(name).await {
+                Ok(current) => {
+                    if current.is_running() || current.status.eq_ignore_ascii_case("frozen") {
+                        wait(instances.stop(name, true, None).await, self.timeout())
+                            .await
+                            .map_err(|e| format!("cannot stop {name}: {e}"))?;
+                    }
+                    wait(instances.delete(name).await, self.timeout())
+                        .await
+                        .map_err(|e| format!("cannot delete {name}: {e}"))?;
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(error_chain(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `remove` from each instance's config and sets `set`, in one update each.
+    async fn mark(
+        &self,
+        client: &Client,
+        names: &[String],
+        remove: &[&str],
+        set: Option<(&str, String)>,
+    ) -> Result<(), String> {
+        let instances = client.instances();
+        for name in names {
+            let (current, etag) = instances
+                .get_with_etag(name)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let mut put = current.to_put();
+            for key in remove {
+                put.config.remove(*key);
+            }
+            if let Some((key, value)) = &set {
+                put.config.insert((*key).to_owned(), value.clone());
+            }
+            wait(
+                instances.update(name, &put, etag.as_deref()).await,
+                self.timeout(),
+            )
+            .await
+            .map_err(|e| format!("cannot update {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Canary: the steps from `from`, each judged; `promote` goes to 100% at once.
+    async fn steps(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+        from: usize,
+        promote: bool,
+    ) -> Ended {
+        let canary = run.canary();
+        let weights = canary_weights(&canary.steps);
+        let analysis = canary
+            .analysis
+            .clone()
+            .unwrap_or(super::analysis::DEFAULT_ANALYSIS);
+        let last = weights.len().saturating_sub(1);
+        let from = if promote { last } else { from.min(last) };
+        for (index, &weight) in weights.iter().enumerate().skip(from) {
+            if self.cancel.graceful.is_cancelled() {
+                return Ended::Failed("cancelled by the operator".to_owned());
+            }
+            let (canary_weight, stable_weight) =
+                canary_backend_weights(weight, run.new.len(), run.old.len());
+            let new = &run.new;
+            let old = &run.old;
+            let applied = self
+                .weigh_sets(
+                    run,
+                    edge,
+                    |name| {
+                        if new.iter().any(|n| n == name) {
+                            Some(canary_weight)
+                        } else if old.iter().any(|n| n == name) {
+                            Some(stable_weight)
+                        } else {
+                            None
+                        }
+                    },
+                    if weight == 100 { new } else { old },
+                    &[],
+                )
+                .await;
+            let weights_now = match applied {
+                Ok(w) => w,
+                Err(reason) => return Ended::Failed(format!("step {}: {reason}", index + 1)),
+            };
+            self.set_progress(
+                run,
+                format!(
+                    "step {}/{}: {weight}% to the canary (weight {canary_weight} on each of {} canary, {stable_weight} on each of {} stable backends)",
+                    index + 1,
+                    weights.len(),
+                    run.new.len(),
+                    run.old.len()
+                ),
+            );
+            if index == last {
+                break;
+            }
+            let start = match self.read_stats(run, edge).await {
+                Ok(stats) => stats,
+                Err(reason) => return Ended::Failed(reason),
+            };
+            let step_pause = canary.steps.get(index).and_then(|s| s.pause);
+            if step_pause == Some(Pause::UntilPromoted) {
+                return Ended::Paused(Box::new(run.record(
+                    &self.topology.name,
+                    &self.executor.options.revision,
+                    Phase::PausedAtStep { index, weight },
+                    Some(PauseReason::ManualPromotion),
+                    weights_now,
+                )));
+            }
+            let window = match step_pause {
+                Some(Pause::For { duration }) => Some(Pause::For { duration }),
+                _ => Some(Pause::For {
+                    duration: crate::topology::Duration::from_secs(STEP_WINDOW.as_secs()),
+                }),
+            };
+            self.set_progress(
+                run,
+                format!(
+                    "step {}: watching for {}",
+                    index + 1,
+                    describe_pause(window)
+                ),
+            );
+            if pause(window, &self.cancel.graceful).await == PauseEnd::Cancelled {
+                return Ended::Failed("cancelled by the operator".to_owned());
+            }
+            let verdict = match self.judge_step(run, edge, &start, &analysis).await {
+                Ok(verdict) => verdict,
+                Err(reason) => return Ended::Failed(reason),
+            };
+            if let Some(reason) = verdict {
+                return Ended::Failed(format!("step {} ({weight}%): {reason}", index + 1));
+            }
+            if let Some(reason) = self.requested_pause(run).await {
+                return Ended::Paused(Box::new(run.record(
+                    &self.topology.name,
+                    &self.executor.options.revision,
+                    Phase::PausedAtStep { index, weight },
+                    Some(reason),
+                    weights_now,
+                )));
+            }
+        }
+        // At 100%: the canary is the new stable; the old set goes.
+        if let Err(problem) = self
+            .mark(client, &run.new, &[KEY_CANDIDATE, KEY_RETIRE], None)
+            .await
+        {
+            self.set_progress(run, format!("cannot mark the canary as stable: {problem}"));
+        }
+        self.set_progress(run, "the canary is the new stable; removing the old set");
+        if let Err(problem) = self.retire(run, client, edge, &run.old).await {
+            self.set_progress(
+                run,
+                format!("cannot remove the old set (the next plan deletes it): {problem}"),
+            );
+            // Without the key the next plan sees two serving sets and keeps the bigger.
+            let _ = self
+                .mark(client, &run.old, &[], Some((KEY_RETIRE, "0".to_owned())))
+                .await;
+        }
+        Ended::Done
+    }
+
+    async fn read_stats(
+        &self,
+        run: &SetRun<'_>,
+        edge: &Edge,
+    ) -> Result<BTreeMap<String, Vec<BackendStats>>, String> {
+        let stats = edge.stats().await.map_err(|e| error_chain(&e))?;
+        Ok(stats
+            .services
+            .into_iter()
+            .filter(|s| run.services.iter().any(|r| r.name == s.name))
+            .map(|s| (s.name, s.backends))
+            .collect())
+    }
+
+    /// Judges a step: `None` when it passed, the reason when it failed. Waits (up to
+    /// [`JUDGE_DEADLINE`]) while the canary has too few requests.
+    async fn judge_step(
+        &self,
+        run: &SetRun<'_>,
+        edge: &Edge,
+        start: &BTreeMap<String, Vec<BackendStats>>,
+        analysis: &crate::topology::Analysis,
+    ) -> Result<Option<String>, String> {
+        let until = Instant::now() + JUDGE_DEADLINE;
+        loop {
+            let end = self.read_stats(run, edge).await?;
+            let mut short = None;
+            for (service, started) in start {
+                let Some(ended) = end.get(service) else {
+                    continue;
+                };
+                let side = |stats: &[BackendStats], names: &[String]| -> Vec<BackendStats> {
+                    stats
+                        .iter()
+                        .filter(|b| names.contains(&b.name))
+                        .cloned()
+                        .collect()
+                };
+                let (c0, c1) = (side(started, &run.new), side(ended, &run.new));
+                let (s0, s1) = (side(started, &run.old), side(ended, &run.old));
+                let verdict = super::analysis::judge((&c0, &c1), (&s0, &s1), analysis);
+                match verdict {
+                    super::analysis::Verdict::Fail { reason, .. } => {
+                        self.set_progress(run, format!("analysis of {service}: failed: {reason}"));
+                        return Ok(Some(reason));
+                    }
+                    super::analysis::Verdict::NotEnoughRequests { seen, needed, .. } => {
+                        short = Some(format!(
+                            "{service}: the canary saw {seen} of the {needed} requests the analysis needs"
+                        ));
+                    }
+                    super::analysis::Verdict::Pass { canary, stable } => {
+                        self.set_progress(
+                            run,
+                            format!(
+                                "analysis of {service}: passed (canary {:.1}% errors over {} requests, stable {:.1}% over {})",
+                                canary.error_rate, canary.requests, stable.error_rate, stable.requests
+                            ),
+                        );
+                    }
+                }
+            }
+            let Some(short) = short else {
+                return Ok(None);
+            };
+            if Instant::now() >= until {
+                return Ok(Some(format!("cannot judge the step: {short}")));
+            }
+            self.set_progress(run, format!("waiting for traffic: {short}"));
+            tokio::select! {
+                biased;
+                () = self.cancel.graceful.cancelled() => return Err("cancelled by the operator".to_owned()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Puts all traffic back on the serving set in one change and deletes the new
+    /// set (unless it is an old set switched back to, which stays as it was).
+    async fn undo_set(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+        reason: String,
+    ) -> RolloutResult {
+        self.set_progress(run, format!("rolling back: {reason}"));
+        let old = &run.old;
+        let back = self
+            .weigh_sets(
+                run,
+                edge,
+                |name| old.iter().any(|n| n == name).then_some(1),
+                old,
+                &[],
+            )
+            .await;
+        let mut problems = Vec::new();
+        if let Err(problem) = back {
+            problems.push(format!(
+                "cannot give the serving set its traffic back: {problem}"
+            ));
+        }
+        if let Err(problem) = self.retire(run, client, edge, &run.new).await {
+            problems.push(format!("cannot delete the new set: {problem}"));
+        }
+        if problems.is_empty() {
+            RolloutResult::RolledBack { reason }
+        } else {
+            RolloutResult::Failed {
+                reason: format!("{reason}; then the rollback failed: {}", problems.join("; ")),
+                next: "check the edge and the instances with `cul8er status`; `cul8er apply` deletes a new set left behind"
+                    .to_owned(),
+            }
+        }
+    }
+}
+
+fn service_mut<'c>(
+    config: &'c mut ProxyConfig,
+    name: &str,
+) -> Result<&'c mut cul8er_proxy::config::ServiceConfig, String> {
+    config
+        .services
+        .iter_mut()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("the edge has no service {name}"))
+}
+
+fn failed(reason: &str) -> RolloutResult {
+    RolloutResult::Failed {
+        reason: reason.to_owned(),
+        next: "run `cul8er plan` to see where the resource stands".to_owned(),
+    }
+}
+
+fn describe_pause(pause: Option<Pause>) -> String {
+    match pause {
+        Some(Pause::For { duration }) => format!("{}s", duration.to_std().as_secs()),
+        Some(Pause::UntilPromoted) => "until promoted".to_owned(),
+        None => "no time".to_owned(),
+    }
+}
+
+/// What `cul8er promote`, `resume` and `abort` do to a paused rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continue {
+    /// Blue-green: switch now. Canary: all traffic to the canary now.
+    Promote,
+    /// Blue-green: switch now. Canary: go on with the next step.
+    Resume,
+    /// All traffic back on the serving set, the new set deleted.
+    Abort,
+}
+
+impl Continue {
+    /// The command's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Promote => "promote",
+            Self::Resume => "resume",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Continues the paused rollout `record` of `topology` with `action`, its record
+/// kept in `store` (saved again if it pauses again, cleared when it ends). The
+/// executor's revision should be the record's.
+pub async fn continue_rollout(
+    executor: &crate::execute::Executor,
+    topology: &crate::topology::Topology,
+    record: &PendingRollout,
+    action: Continue,
+    store: &super::pending::PendingStore,
+    cancel: &crate::execute::Cancel,
+    on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
+) -> Result<(ApplyOutcome, ResourceRollout), String> {
+    let resource = topology
+        .resources
+        .iter()
+        .find(|r| r.name == record.resource)
+        .ok_or_else(|| {
+            format!(
+                "the paused rollout is of resource {}, which topology {} no longer has; `cul8er abort` with the topology file it was started from undoes it",
+                record.resource, topology.name
+            )
+        })?;
+    let host = record
+        .hosts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| resource.host.clone());
+    let name = if record.new_set.set.is_empty() {
+        format!("{}-{}", topology.name, resource.name)
+    } else {
+        format!("{}-{}-{}", topology.name, resource.name, record.new_set.set)
+    };
+    let run = SetRun {
+        resource,
+        step: Step {
+            host,
+            kind: ObjectKind::Set,
+            name,
+            action: Action::Replace,
+        },
+        old: record
+            .old_set
+            .members
+            .iter()
+            .map(|m| m.instance.clone())
+            .collect(),
+        new: record
+            .new_set
+            .members
+            .iter()
+            .map(|m| m.instance.clone())
+            .collect(),
+        old_label: record.old_set.set.clone(),
+        new_label: record.new_set.set.clone(),
+        version: record.version.clone(),
+        services: services(resource),
+    };
+    let entry = match (action, record.phase) {
+        (Continue::Abort, _) => Entry::Abort,
+        (_, Phase::PausedAtStep { index, .. }) => Entry::Step {
+            index: index + 1,
+            promote: action == Continue::Promote,
+        },
+        (_, Phase::PausedBeforeSwitch | Phase::Running) => match record.strategy {
+            SwitchStrategy::BlueGreen => Entry::Switch,
+            SwitchStrategy::Canary => Entry::Step {
+                index: 0,
+                promote: action == Continue::Promote,
+            },
+        },
+    };
+    let plan = crate::plan::Plan::empty(topology.name.clone());
+    let roller = Roller {
+        executor,
+        plan: &plan,
+        topology,
+        cancel,
+        on_event,
+        binary: OnceCell::new(),
+        pending: Some(store.clone()),
+    };
+    let mut outcome = ApplyOutcome {
+        revision: executor.options.revision.clone(),
+        steps: Vec::new(),
+        cancelled: false,
+        millis: 0,
+    };
+    let begin = Instant::now();
+    on_event(&ApplyEvent::StepStarted {
+        step: run.step.clone(),
+    });
+    let result = roller.drive(&run, entry, None, &mut outcome).await;
+    let millis = u64::try_from(begin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let error = match &result {
+        RolloutResult::Failed { reason, .. } => Some(reason.clone()),
+        RolloutResult::RolledBack { reason } if action != Continue::Abort => Some(reason.clone()),
+        _ => None,
+    };
+    outcome.steps.push(StepOutcome {
+        step: run.step.clone(),
+        status: if error.is_some() {
+            StepStatus::Failed
+        } else {
+            StepStatus::Done
+        },
+        error,
+        millis,
+        waiting_millis: 0,
+    });
+    outcome.cancelled = cancel.graceful.is_cancelled();
+    Ok((outcome, roller.set_record(resource, &run.new, result)))
+}
