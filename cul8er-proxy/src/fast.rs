@@ -26,6 +26,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -65,8 +66,58 @@ const MAX_STALE_MOVES: usize = 3;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// Write buffers kept per thread for reuse, and the largest kept.
+const POOLED_OUTS: usize = 64;
+const MAX_POOLED_OUT: usize = 32 * 1024;
+
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static OUTS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A write buffer (a head being built) from the thread's pool.
+#[derive(Debug)]
+struct Out(Vec<u8>);
+
+impl Out {
+    fn with_capacity(capacity: usize) -> Self {
+        let mut out = OUTS
+            .try_with(|pool| pool.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        out.reserve(capacity);
+        Self(out)
+    }
+}
+
+impl std::ops::Deref for Out {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Out {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        if self.0.capacity() == 0 || self.0.capacity() > MAX_POOLED_OUT {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.0);
+        out.clear();
+        let _ = OUTS.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_OUTS {
+                pool.push(out);
+            }
+        });
+    }
 }
 
 /// A read buffer from the thread's pool: `data[start..end]` holds unread bytes.
@@ -227,9 +278,9 @@ where
                 Parsed::Complete(head) => break head,
                 Parsed::Handover => return End::Handover(Bytes::copy_from_slice(buffer.bytes())),
                 Parsed::Bad(reason) => {
-                    let message = format!("400 Bad Request: {reason}");
-                    let _ = answer(io, StatusCode::BAD_REQUEST, message, true).await;
-                    linger(io).await;
+                    // Boxed, as every rare path here: an idle connection keeps room
+                    // only for what it awaits.
+                    Box::pin(refuse(io, reason)).await;
                     return End::Closed;
                 }
                 Parsed::Partial if buffer.is_full() => {
@@ -273,7 +324,7 @@ where
                 return End::Closed;
             }
             After::Linger => {
-                linger(io).await;
+                Box::pin(linger(io)).await;
                 return End::Closed;
             }
         }
@@ -286,6 +337,13 @@ where
             pending = Some(buffer);
         }
     }
+}
+
+/// Answers a request whose framing is refused with 400, and closes.
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, reason: &str) {
+    let message = format!("400 Bad Request: {reason}");
+    let _ = answer(io, StatusCode::BAD_REQUEST, message, true).await;
+    linger(io).await;
 }
 
 /// Waits for a request's first bytes, taking a buffer only once they are there.
@@ -330,7 +388,7 @@ struct RequestHead {
     host: String,
     /// The rewritten head without its final CRLF, and without a `Host` field when the
     /// client sent none (the backend's address is added then).
-    out: Vec<u8>,
+    out: Out,
     has_host: bool,
     framing: Framing,
     idempotent: bool,
@@ -435,9 +493,10 @@ fn chunked_last(codings: &[&[u8]]) -> bool {
 }
 
 fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut request = httparse::Request::new(&mut fields);
-    let length = match request.parse(bytes) {
+    // Uninitialised: filling the array first would cost more than parsing.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(bytes, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handover,
@@ -528,7 +587,7 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         None => String::new(),
     };
 
-    let mut out = Vec::with_capacity(length + 160);
+    let mut out = Out::with_capacity(length + 160);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -622,7 +681,7 @@ struct ResponseHead {
     /// Bytes of the head in the backend's buffer.
     length: usize,
     /// The head for the client, complete.
-    out: Vec<u8>,
+    out: Out,
     framing: Framing,
     /// The backend keeps the connection open after this response.
     reusable: bool,
@@ -640,9 +699,14 @@ fn parse_response(
     head_method: bool,
     close_client: bool,
 ) -> Result<Option<ParsedResponse>, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let length = match response.parse(bytes) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        bytes,
+        &mut fields,
+    );
+    let length = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("too many header fields"),
@@ -711,7 +775,7 @@ fn parse_response(
         close = true;
     }
 
-    let mut out = Vec::with_capacity(length + 64);
+    let mut out = Out::with_capacity(length + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
@@ -1359,7 +1423,7 @@ mod tests {
               X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: gzip\r\nX-Forwarded-For: 203.0.113.9\r\n\
               Forwarded: for=203.0.113.9\r\nAccept: */*\r\n\r\n",
         );
-        let out = String::from_utf8(head.out).unwrap();
+        let out = String::from_utf8(head.out.to_vec()).unwrap();
         assert_eq!(
             out,
             "GET /a?b=1 HTTP/1.1\r\nHost: App.Example:8080\r\nAccept: */*\r\n\
@@ -1424,7 +1488,7 @@ mod tests {
         let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
         assert_eq!(r.framing, Framing::None);
         assert!(
-            String::from_utf8(r.out)
+            String::from_utf8(r.out.to_vec())
                 .unwrap()
                 .contains("Content-Length: 3\r\n")
         );
@@ -1440,12 +1504,12 @@ mod tests {
             false,
         );
         assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
-        let out = String::from_utf8(r.out).unwrap();
+        let out = String::from_utf8(r.out.to_vec()).unwrap();
         assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
         let r = response(b"HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
         assert!(
-            String::from_utf8(r.out)
+            String::from_utf8(r.out.to_vec())
                 .unwrap()
                 .ends_with("connection: close\r\n\r\n")
         );

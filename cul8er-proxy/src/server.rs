@@ -215,6 +215,31 @@ async fn serve_http<I>(
             crate::fast::End::Handover(read) => io.replay(read),
         }
     }
+    // Boxed as well: a connection on the fast path keeps no room for hyper's.
+    Box::pin(serve_general(
+        shared, name, io, client, tls, idle, stop, http2,
+    ))
+    .await;
+}
+
+/// Serves the rest of a connection with hyper: HTTP/2, or HTTP/1.1 from the first
+/// request the fast path handed over.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's parts, passed on once"
+)]
+async fn serve_general<I>(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    io: PrefixedIo<I>,
+    client: SocketAddr,
+    tls: bool,
+    idle: Duration,
+    stop: CancellationToken,
+    http2: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(io, activity.clone()));
     let context = Arc::new(RequestContext {
