@@ -1,11 +1,11 @@
 //! The two transports to `incusd` behind one connector: the local unix socket and
 //! HTTPS with a pinned server certificate.
 //!
-//! The same connector serves plain requests (through a pool of our own on the unix socket,
-//! hyper-util's pooled client over TLS) and websockets (events, streaming exec), so TLS
-//! and pinning apply to both. Connecting
-//! has a timeout; requests themselves do not, because some legitimately take long (an
-//! operation `/wait`, an image upload): callers put deadlines on waits instead.
+//! The same connector serves plain requests (through a pool of our own on the unix
+//! socket, hyper-util's pooled client over TLS) and websockets (events, streaming
+//! exec), so TLS and pinning apply to both. Connecting has a timeout; requests
+//! themselves do not, because some legitimately take long (an operation `/wait`, an
+//! image upload): callers put deadlines on waits instead.
 //!
 //! hyperlocal is not used: this one connector dials both the socket and TLS, so
 //! websockets reuse exactly the same dialling and pinning as requests.
