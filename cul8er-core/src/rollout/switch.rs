@@ -876,15 +876,8 @@ impl Roller<'_> {
                 Err(reason) => return Ended::Failed(reason),
             };
             let step_pause = canary.steps.get(index).and_then(|s| s.pause);
-            if step_pause == Some(Pause::UntilPromoted) {
-                return Ended::Paused(Box::new(run.record(
-                    &self.topology.name,
-                    &self.executor.options.revision,
-                    Phase::PausedAtStep { index, weight },
-                    Some(PauseReason::ManualPromotion),
-                    weights_now,
-                )));
-            }
+            // A step is judged over its timed pause, or over STEP_WINDOW (also before
+            // a pause until promoted).
             let window = match step_pause {
                 Some(Pause::For { duration }) => Some(Pause::For { duration }),
                 _ => Some(Pause::For {
@@ -908,6 +901,15 @@ impl Roller<'_> {
             };
             if let Some(reason) = verdict {
                 return Ended::Failed(format!("step {} ({weight}%): {reason}", index + 1));
+            }
+            if step_pause == Some(Pause::UntilPromoted) {
+                return Ended::Paused(Box::new(run.record(
+                    &self.topology.name,
+                    &self.executor.options.revision,
+                    Phase::PausedAtStep { index, weight },
+                    Some(PauseReason::ManualPromotion),
+                    weights_now,
+                )));
             }
             if let Some(reason) = self.requested_pause(run).await {
                 return Ended::Paused(Box::new(run.record(
