@@ -16,7 +16,8 @@ use crate::execute::{ApplyEvent, ApplyOptions, ApplyOutcome, Cancel, Environment
 use crate::lock::{Holder, LeaseRecord, LeaseScope, LocalLock, LockError};
 use crate::observe::{self, ObserveError, Observed};
 use crate::plan::{self, Plan};
-use crate::release::{ReleaseError, ResolvedEnv};
+use crate::release::health::{self, HealthQuery};
+use crate::release::{ReleaseError, ReleaseHealth, ResolvedEnv};
 use crate::state::{StateDir, StateError};
 use crate::topology::{Endpoint, Topology};
 
@@ -110,6 +111,42 @@ pub enum DeployError {
         /// Why.
         reason: String,
     },
+    /// A blue-green or canary rollout of the topology is paused (or was interrupted):
+    /// an apply would fight it.
+    #[error(
+        "topology {topology} has a rollout in progress: {rollout}; `cul8er promote` or `cul8er resume` finishes it, `cul8er abort` puts the serving set back, then apply again"
+    )]
+    RolloutInProgress {
+        /// The topology.
+        topology: String,
+        /// The rollout, as its record describes it.
+        rollout: String,
+    },
+    /// `promote`, `resume` or `abort` found no rollout in progress.
+    #[error("topology {topology} has no rollout in progress to {action}")]
+    NoRolloutInProgress {
+        /// The topology.
+        topology: String,
+        /// The command.
+        action: &'static str,
+    },
+    /// The record of a rollout in progress could not be read or written.
+    #[error("cannot use the rollout record of topology {topology}")]
+    Pending {
+        /// The topology.
+        topology: String,
+        /// Why.
+        #[source]
+        source: Box<crate::rollout::pending::PendingError>,
+    },
+    /// A paused rollout could not be continued.
+    #[error("cannot continue the rollout of topology {topology}: {reason}")]
+    Continue {
+        /// The topology.
+        topology: String,
+        /// Why.
+        reason: String,
+    },
     /// An Incus request outside the steps failed.
     #[error("cannot {what} on host {host}")]
     Incus {
@@ -177,6 +214,10 @@ pub struct InstanceStatus {
     pub release: Option<String>,
     /// Whether it matches the topology (no pending change).
     pub up_to_date: bool,
+    /// Its release service (running, stopped, crashed-restarting, with restarts and
+    /// the version that runs), asked through exec; `None` when it has no release.
+    #[serde(default)]
+    pub release_health: Option<ReleaseHealth>,
 }
 
 /// What `status` reports.
@@ -208,6 +249,10 @@ pub struct DeploymentSummary {
     pub running: usize,
     /// The highest revision found on them.
     pub revision: Option<String>,
+    /// Of the instances, those that run with their release service (if they have
+    /// one) running.
+    #[serde(default)]
+    pub healthy: usize,
 }
 
 /// A client for `host` as the topology describes it; remotes are looked up in
@@ -473,6 +518,15 @@ impl Deployment {
         if !differences.is_empty() {
             return Err(DeployError::WorldMoved { differences });
         }
+        let pending = self.pending_store()?;
+        if request.destroy.is_none()
+            && let Some(rollout) = pending.load().await.map_err(|e| self.pending_error(e))?
+        {
+            return Err(DeployError::RolloutInProgress {
+                topology: topology.clone(),
+                rollout: rollout.to_string(),
+            });
+        }
         let mut environments = Environments::new();
         if request.destroy.is_none() {
             for resource in &self.topology.resources {
@@ -513,11 +567,12 @@ impl Deployment {
         };
         let run = async {
             // Updated and replaced instances roll out by their resource's strategy.
-            let report = crate::rollout::apply(
+            let report = crate::rollout::apply_with(
                 &executor,
                 &self.topology,
                 plan,
                 self.options.edge_binary.as_ref(),
+                Some(&pending),
                 cancel,
                 on_event,
             )
@@ -543,6 +598,160 @@ impl Deployment {
             outcome,
             rollout,
         })
+    }
+
+    fn pending_store(&self) -> Result<crate::rollout::pending::PendingStore, DeployError> {
+        Ok(crate::rollout::pending::PendingStore::new(
+            self.lease_scope()?,
+        ))
+    }
+
+    fn pending_error(&self, source: crate::rollout::pending::PendingError) -> DeployError {
+        DeployError::Pending {
+            topology: self.topology.name.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The blue-green or canary rollout in progress, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Pending`] when its record cannot be read.
+    pub async fn pending_rollout(
+        &self,
+    ) -> Result<Option<crate::rollout::pending::PendingRollout>, DeployError> {
+        self.pending_store()?
+            .load()
+            .await
+            .map_err(|e| self.pending_error(e))
+    }
+
+    /// Asks the rollout running in another command to pause at its next step
+    /// (`cul8er pause`). Takes no lease: the running command holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::NoRolloutInProgress`] when there is none, [`DeployError::Pending`]
+    /// when the record cannot be read or written.
+    pub async fn pause_rollout(
+        &self,
+        holder: &Holder,
+    ) -> Result<crate::rollout::pending::PauseOutcome, DeployError> {
+        match self.pending_store()?.request_pause(holder).await {
+            Ok(outcome) => Ok(outcome),
+            Err(crate::rollout::pending::PendingError::NoRollout { .. }) => {
+                Err(DeployError::NoRolloutInProgress {
+                    topology: self.topology.name.clone(),
+                    action: "pause",
+                })
+            }
+            Err(e) => Err(self.pending_error(e)),
+        }
+    }
+
+    /// Continues the paused rollout (`cul8er promote`, `resume`, `abort`): takes the
+    /// lock and the lease, goes on from where it stopped (or undoes it), records the
+    /// outcome in its revision and clears the record when the rollout is over.
+    ///
+    /// `abort` of a record that cannot be read clears it and changes nothing else:
+    /// `cul8er apply` then deletes a new set left behind.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::NoRolloutInProgress`], [`DeployError::Lock`] when someone else
+    /// applies, [`DeployError::Pending`], [`DeployError::Continue`] when the record's
+    /// resource is not in the topology.
+    pub async fn continue_rollout(
+        &self,
+        action: crate::rollout::switch::Continue,
+        holder: &Holder,
+        cancel: &Cancel,
+        on_event: &(dyn Fn(&ApplyEvent) + Send + Sync),
+    ) -> Result<ApplyReport, DeployError> {
+        let topology = &self.topology.name;
+        let _local = LocalLock::acquire(
+            self.state.topology_dir(topology).join("lock"),
+            topology,
+            holder,
+        )?;
+        let scope = self.lease_scope()?;
+        let store = crate::rollout::pending::PendingStore::new(scope.clone());
+        let mut lease = scope.acquire(holder, LEASE_TTL).await?;
+        let result = async {
+            let record = match store.load().await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    return Err(DeployError::NoRolloutInProgress {
+                        topology: topology.clone(),
+                        action: action.as_str(),
+                    });
+                }
+                Err(error) if action == crate::rollout::switch::Continue::Abort => {
+                    tracing::warn!(error = %crate::execute::error_chain(&error), "clearing an unreadable rollout record");
+                    store.clear().await.map_err(|e| self.pending_error(e))?;
+                    return Err(self.pending_error(error));
+                }
+                Err(error) => return Err(self.pending_error(error)),
+            };
+            let executor = Executor {
+                clients: self.clients.clone(),
+                environments: Environments::new(),
+                options: ApplyOptions {
+                    revision: record.revision.clone(),
+                    artifact_base: self.artifact_base.clone(),
+                    ..ApplyOptions::default()
+                },
+            };
+            let done = tokio_util::sync::CancellationToken::new();
+            let keep = async {
+                let kept = lease.keep_alive(&done).await;
+                if kept.is_err() {
+                    cancel.graceful.cancel();
+                }
+                kept
+            };
+            let run = async {
+                let ran = crate::rollout::switch::continue_rollout(
+                    &executor,
+                    &self.topology,
+                    &record,
+                    action,
+                    &store,
+                    cancel,
+                    on_event,
+                )
+                .await;
+                done.cancel();
+                ran
+            };
+            let (ran, kept) = tokio::join!(run, keep);
+            let (outcome, resource) = ran.map_err(|reason| DeployError::Continue {
+                topology: topology.clone(),
+                reason,
+            })?;
+            let rollout = crate::rollout::RolloutRecord {
+                revision: record.revision.clone(),
+                result: resource.result.clone(),
+                resources: vec![resource],
+            };
+            self.state
+                .write_record(topology, &record.revision, "rollout", &rollout)?;
+            self.state
+                .write_record(topology, &record.revision, "outcome", &outcome)?;
+            kept?;
+            Ok(ApplyReport {
+                revision: record.revision.clone(),
+                plan: crate::plan::Plan::empty(topology.clone()),
+                outcome,
+                rollout: Some(rollout),
+            })
+        }
+        .await;
+        let released = lease.release().await;
+        let report = result?;
+        released?;
+        Ok(report)
     }
 
     /// What runs, instance by instance, with the changes a plan would make.
@@ -571,6 +780,7 @@ impl Deployment {
                     revision: instance.key(KEY_REVISION).map(str::to_owned),
                     release: instance.key(KEY_RELEASE).map(str::to_owned),
                     up_to_date: !pending.contains(&(host.as_str(), instance.name.as_str())),
+                    release_health: None,
                 });
             }
         }
@@ -584,10 +794,12 @@ impl Deployment {
                     revision: None,
                     release: None,
                     up_to_date: false,
+                    release_health: None,
                 });
             }
         }
         instances.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
+        self.release_health(&desired, &mut instances).await;
         let edges = crate::edge::edge_status(&desired, &observed);
         Ok(Status {
             topology: self.topology.name.clone(),
@@ -596,6 +808,61 @@ impl Deployment {
             lease: self.lock_status().await?,
             edges,
         })
+    }
+
+    /// Fills in each instance's release health: one bounded exec per running
+    /// instance that has a release (the topology's, or the one found in an instance
+    /// the topology no longer declares).
+    async fn release_health(&self, desired: &Desired, instances: &mut [InstanceStatus]) {
+        let apps: BTreeMap<(&str, &str), &str> = desired
+            .instances
+            .iter()
+            .filter_map(|i| {
+                let release = i.release.as_ref()?;
+                Some(((i.host.as_str(), i.name.as_str()), release.name.as_str()))
+            })
+            .collect();
+        let mut asked = Vec::new();
+        let mut queries = Vec::new();
+        for (index, instance) in instances.iter().enumerate() {
+            let app = apps
+                .get(&(instance.host.as_str(), instance.name.as_str()))
+                .copied();
+            if app.is_none() && instance.release.is_none() {
+                continue;
+            }
+            let Some(client) = self.clients.get(&instance.host) else {
+                continue;
+            };
+            if !instance.status.eq_ignore_ascii_case("running") {
+                continue;
+            }
+            asked.push(index);
+            queries.push(HealthQuery {
+                client,
+                instance: &instance.name,
+                app,
+            });
+        }
+        let answers =
+            health::health_of_many(&queries, health::HEALTH_CONCURRENCY, health::HEALTH_TIMEOUT)
+                .await;
+        for (index, answer) in asked.into_iter().zip(answers) {
+            instances[index].release_health = answer;
+        }
+        for instance in instances.iter_mut() {
+            let app = apps
+                .get(&(instance.host.as_str(), instance.name.as_str()))
+                .copied();
+            if instance.release_health.is_none()
+                && instance.status != "missing"
+                && !instance.status.eq_ignore_ascii_case("running")
+                && let Some(app) = app
+            {
+                instance.release_health =
+                    Some(ReleaseHealth::instance_not_running(app, &instance.status));
+            }
+        }
     }
 
     /// Brings the unmanaged instance `instance` under management as the next free
@@ -721,7 +988,8 @@ impl Deployment {
 }
 
 /// Every deployment found on `clients` (from the `user.cul8er.*` keys), with its
-/// revision and how many of its instances run.
+/// revision, how many of its instances run, and how many are healthy: running with
+/// their release service running (one exec each, bounded in time and concurrency).
 ///
 /// # Errors
 ///
@@ -743,8 +1011,31 @@ pub async fn list(
                     host: host.clone(),
                     source: Box::new(source),
                 })?;
+        // Running instances with a release are healthy when their service runs: one
+        // bounded exec each, the app found inside (list has no topology).
+        let with_release: Vec<&incus_api::instances::Instance> = instances
+            .iter()
+            .filter(|i| i.is_running() && i.config.contains_key(KEY_RELEASE))
+            .collect();
+        let queries: Vec<HealthQuery<'_>> = with_release
+            .iter()
+            .map(|i| HealthQuery {
+                client,
+                instance: &i.name,
+                app: None,
+            })
+            .collect();
+        let answers =
+            health::health_of_many(&queries, health::HEALTH_CONCURRENCY, health::HEALTH_TIMEOUT)
+                .await;
+        let unhealthy: BTreeSet<&str> = with_release
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.as_ref().is_some_and(|h| !h.is_healthy()))
+            .map(|(i, _)| i.name.as_str())
+            .collect();
         let mut by_topology: BTreeMap<String, DeploymentSummary> = BTreeMap::new();
-        for instance in instances {
+        for instance in &instances {
             let Some(topology) = instance.config.get(KEY_TOPOLOGY) else {
                 continue;
             };
@@ -756,10 +1047,14 @@ pub async fn list(
                     instances: 0,
                     running: 0,
                     revision: None,
+                    healthy: 0,
                 });
             entry.instances += 1;
             if instance.is_running() {
                 entry.running += 1;
+                if !unhealthy.contains(instance.name.as_str()) {
+                    entry.healthy += 1;
+                }
             }
             if let Some(revision) = instance.config.get(KEY_REVISION)
                 && entry.revision.as_ref().is_none_or(|r| r < revision)

@@ -41,7 +41,7 @@ struct SavedPlan {
     plan: Plan,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,7 +73,7 @@ pub(super) fn state_dir(file: &Path, given: Option<&PathBuf>) -> StateDir {
     given.map_or_else(|| StateDir::beside(file), StateDir::new)
 }
 
-fn connect(args: &TopologyArgs, settings: &Settings) -> Result<Deployment, Outcome> {
+pub(super) fn connect(args: &TopologyArgs, settings: &Settings) -> Result<Deployment, Outcome> {
     let topology = load(&args.file, args.topology.as_deref(), settings)?;
     let mut deployment =
         Deployment::connect(topology, state_dir(&args.file, args.state_dir.as_ref()))
@@ -103,7 +103,10 @@ pub(super) fn failure(error: DeployError) -> Outcome {
         | DeployError::WorldMoved { .. }
         | DeployError::WrongTopology { .. }
         | DeployError::Environment { .. }
-        | DeployError::Import { .. } => Outcome::UserReport(miette::miette!("{text}")),
+        | DeployError::Import { .. }
+        | DeployError::RolloutInProgress { .. }
+        | DeployError::NoRolloutInProgress { .. }
+        | DeployError::Continue { .. } => Outcome::UserReport(miette::miette!("{text}")),
         _ => Outcome::Unexpected(anyhow::Error::new(error)),
     }
 }
@@ -408,6 +411,12 @@ pub(super) fn run_apply(
                 settings.eprint_line(&format!("Rollout stopped: {reason}. {next}."));
                 return Outcome::Code(4);
             }
+            RolloutResult::Paused { reason, next } => {
+                settings.eprint_line(&format!(
+                    "Rollout paused ({reason}); the serving set keeps its traffic. {next}."
+                ));
+                return Outcome::Success;
+            }
         }
     }
     if outcome.cancelled {
@@ -463,6 +472,7 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
         "HOST".to_owned(),
         "STATUS".to_owned(),
         "RELEASE".to_owned(),
+        "SERVICE".to_owned(),
         "REVISION".to_owned(),
         "UP TO DATE".to_owned(),
     ]];
@@ -473,6 +483,9 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
             i.host.clone(),
             i.status.clone(),
             i.release.clone().unwrap_or_else(|| "-".into()),
+            i.release_health
+                .as_ref()
+                .map_or_else(|| "-".into(), cul8er_core::release::ReleaseHealth::describe),
             i.revision.clone().unwrap_or_else(|| "-".into()),
             if i.up_to_date { "yes" } else { "no" }.to_owned(),
         ]);
@@ -485,11 +498,24 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
             continue;
         };
         for service in &health.services {
+            // Which backends (which blue-green or canary set) get traffic, by share.
+            let total: u64 = service.backends.iter().map(|b| u64::from(b.weight)).sum();
+            let shares: Vec<String> = service
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| format!("{} {}%", b.name, u64::from(b.weight) * 100 / total.max(1)))
+                .collect();
             out.push_str(&format!(
-                "  service {}: {} of {} available\n",
+                "  service {}: {} of {} available; traffic to {}\n",
                 service.name,
                 service.available,
-                service.backends.len()
+                service.backends.len(),
+                if shares.is_empty() {
+                    "none".to_owned()
+                } else {
+                    shares.join(", ")
+                }
             ));
             for b in &service.backends {
                 let state = if b.ejected {
@@ -515,6 +541,16 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
     }
     if let Some(lease) = &status.lease {
         out.push_str(&format!("{}\n", describe_lease(lease)));
+    }
+    match runtime.block_on(deployment.pending_rollout()) {
+        Ok(Some(rollout)) => out.push_str(&format!(
+            "Rollout in progress: {rollout}; `cul8er promote`, `resume` or `abort` continue it.\n"
+        )),
+        Ok(None) => {}
+        Err(e) => out.push_str(&format!(
+            "The rollout record cannot be read: {}\n",
+            cul8er_core::execute::error_chain(&e)
+        )),
     }
     print_stdout(&out);
     Outcome::Success
@@ -599,6 +635,7 @@ pub(crate) fn list(args: &ListArgs, settings: &Settings) -> Outcome {
         "TOPOLOGY".to_owned(),
         "INSTANCES".to_owned(),
         "RUNNING".to_owned(),
+        "HEALTH".to_owned(),
         "REVISION".to_owned(),
     ]];
     for d in &found {
@@ -607,6 +644,7 @@ pub(crate) fn list(args: &ListArgs, settings: &Settings) -> Outcome {
             d.topology.clone(),
             d.instances.to_string(),
             d.running.to_string(),
+            format!("{}/{} healthy", d.healthy, d.instances),
             d.revision.clone().unwrap_or_else(|| "-".into()),
         ]);
     }

@@ -10,9 +10,11 @@
 //! [`deploy`] is idempotent: the same version twice changes nothing; a new version
 //! switches `current` and restarts the service. [`status`] reports whether the
 //! service runs, with the process identity and restart count that a crash watch
-//! compares between polls.
+//! compares between polls. [`health`] turns that into the state `status` and `list`
+//! show (running, stopped, crashed-restarting), bounded in time and concurrency.
 
 mod artifact;
+pub mod health;
 mod script;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::topology::{EnvValue, EnvVar, Release};
 use artifact::Artifact;
+pub use health::{HealthQuery, ReleaseHealth, ServiceState};
 use script::Layout;
 
 /// The release part of a resource, as the topology declares it.

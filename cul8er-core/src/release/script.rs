@@ -94,7 +94,8 @@ fi
 
 /// Defines `service_state`, which prints the state of the service of `$app` under the
 /// init in `$init` as `key=value` lines: `running`, `pid`, `start_time`, `restarts`,
-/// `state`, `version`.
+/// `state` (systemd), `supervised` (busybox and OpenRC: whether the init respawns it),
+/// `version`.
 const SERVICE_STATE: &str = r#"
 service_state() {
 svc="cul8er-$app"
@@ -116,6 +117,13 @@ case "$init" in
             starts="$(cat "$rundir/starts")"
             echo "restarts=$((starts > 0 ? starts - 1 : 0))"
         fi
+        # Whether the init keeps it up: a dead service it supervises is between two
+        # respawns, one it does not was stopped.
+        if [ "$init" = busybox ]; then
+            grep -qxF "::respawn:/etc/service.d/$svc" /etc/inittab 2>/dev/null
+        else
+            rc-service "$svc" status >/dev/null 2>&1
+        fi && echo "supervised=true" || echo "supervised=false"
         ;;
 esac
 case "$pid" in '' | *[!0-9]*) pid=0 ;; esac
@@ -135,9 +143,29 @@ fi
 }
 "#;
 
-/// The status script: `sh -c STATUS cul8er APP`.
+/// Finds the app when `$app` is empty: the first `/opt/<app>` that cul8er laid out
+/// (it has a `current` link and a `.cul8er` state directory), printed as `app=`; exits
+/// when there is none.
+const DISCOVER_APP: &str = r#"
+if [ -z "$app" ]; then
+    for current in /opt/*/current; do
+        [ -L "$current" ] || continue
+        dir="${current%/current}"
+        [ -d "$dir/.cul8er" ] || continue
+        app="${dir#/opt/}"
+        break
+    done
+    echo "app=$app"
+    [ -n "$app" ] || exit 0
+fi
+"#;
+
+/// The status script: `sh -c STATUS cul8er APP`. An empty `APP` means the app cul8er
+/// deployed into the instance, whatever its name (`list` does not know the topology).
 pub(super) fn status_script() -> String {
-    format!("set -u\napp=\"$1\"\n{DETECT_INIT}echo \"init=$init\"\n{SERVICE_STATE}service_state\n")
+    format!(
+        "set -u\napp=\"$1\"\n{DISCOVER_APP}{DETECT_INIT}echo \"init=$init\"\n{SERVICE_STATE}service_state\n"
+    )
 }
 
 /// The prepare script: `sh -c PREPARE cul8er APP USER VERSION`. Detects the init,
@@ -163,6 +191,18 @@ echo "init=$init"
 if [ "$init" = unknown ]; then
     echo "no supported init after ${{waited}} s: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
     exit 3
+fi
+# OpenRC's boot (sysinit, boot) resets its record of started services: a service
+# started before it reached its runlevel would run unrecorded, so that `rc-service
+# stop` leaves it running. Wait for the runlevel.
+if [ "$init" = openrc ]; then
+    tenths=0
+    while [ "$tenths" -lt 300 ]; do
+        case "$(rc-status --runlevel 2>/dev/null)" in
+            "" | sysinit | boot) sleep 0.1; tenths=$((tenths + 1)) ;;
+            *) break ;;
+        esac
+    done
 fi
 if ! id -u "$user" >/dev/null 2>&1; then
     nologin=/bin/false

@@ -1,0 +1,202 @@
+//! `status` and `list` tell the truth about release services, against a real incusd:
+//! a deployed release shows as running with its version; a service stopped by hand
+//! inside one replica (with the `incus` command) shows as stopped there and takes one
+//! off the deployment's healthy count; a service killed by hand shows the restart its
+//! init made. On the busybox image (init respawn) and, when `CUL8ER_TEST_DEBIAN_IMAGE`
+//! and `CUL8ER_TEST_OPENRC_IMAGE` are set, on the Debian images with systemd and OpenRC.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod live_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cul8er_core::execute::Cancel;
+use cul8er_core::lock::Holder;
+use cul8er_core::release::{ReleaseHealth, ServiceState};
+use cul8er_core::{ApplyRequest, Deployment, DeploymentSummary, InstanceStatus};
+use live_support::{deployment, incus, topology};
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// Two replicas of a release that just stays up, on `image`.
+fn source(image: &str) -> String {
+    format!(
+        "topology demo {{\n    resource app {{\n        image \"{image}\"\n        replicas 2\n        \
+         release app version=\"7\" {{\n            start \"sleep 1000000\"\n        }}\n    }}\n}}\n"
+    )
+}
+
+async fn apply(d: &Deployment) {
+    let plan = d.plan().await.unwrap();
+    let request = ApplyRequest {
+        parallelism: 4,
+        destroy: None,
+        env: &no_env,
+        holder: Holder::current(),
+    };
+    let report = d
+        .apply(&plan, &request, &Cancel::new(), &|_| {})
+        .await
+        .unwrap();
+    let failures: Vec<_> = report.outcome.failures().collect();
+    assert!(failures.is_empty(), "failed steps: {failures:#?}");
+}
+
+fn health_of(instances: &[InstanceStatus]) -> BTreeMap<String, Option<ReleaseHealth>> {
+    instances
+        .iter()
+        .map(|i| (i.name.clone(), i.release_health.clone()))
+        .collect()
+}
+
+/// Polls `status` until `done` holds for the release health of every instance, for at
+/// most a minute.
+async fn status_until(
+    d: &Deployment,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, Option<ReleaseHealth>>) -> bool,
+) -> BTreeMap<String, Option<ReleaseHealth>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = health_of(&d.status().await.unwrap().instances);
+        if done(&health) {
+            return health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: last status {health:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn summary(topology: &str) -> DeploymentSummary {
+    let clients = BTreeMap::from([("local".to_owned(), live_support::client())]);
+    let found = cul8er_core::list(&clients).await.unwrap();
+    found
+        .into_iter()
+        .find(|s| s.topology == topology)
+        .unwrap_or_else(|| panic!("list does not show {topology}"))
+}
+
+fn state(health: &BTreeMap<String, Option<ReleaseHealth>>, name: &str) -> Option<ServiceState> {
+    health.get(name)?.as_ref().map(|h| h.state)
+}
+
+/// How the service of app `app` is stopped and killed by hand inside an instance.
+struct ByHand {
+    stop: &'static str,
+    kill: &'static str,
+}
+
+const BUSYBOX: ByHand = ByHand {
+    // Taken out of init's table, then its process ended: nothing respawns it.
+    stop: "sed -i '/cul8er-app/d' /etc/inittab && kill -HUP 1 && sleep 0.5 && \
+           kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+    kill: "kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+};
+
+const OPENRC: ByHand = ByHand {
+    stop: "rc-service cul8er-app stop",
+    // supervise-daemon respawns it.
+    kill: "kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+};
+
+const SYSTEMD: ByHand = ByHand {
+    stop: "systemctl stop cul8er-app.service",
+    kill: "systemctl kill --signal=KILL cul8er-app.service",
+};
+
+async fn status_and_list_follow_the_service(image: &str, by_hand: &ByHand) {
+    let (topology, _path, cleanup) = topology("status", &source(image));
+    let name = topology.name.clone();
+    let d = deployment(topology, &cleanup.dir.path().join(".cul8er"));
+    apply(&d).await;
+    let (first, second) = (format!("{name}-app-1"), format!("{name}-app-2"));
+
+    // Both replicas run version 7.
+    let health = status_until(&d, "both running", |h| {
+        state(h, &first) == Some(ServiceState::Running)
+            && state(h, &second) == Some(ServiceState::Running)
+    })
+    .await;
+    for instance in [&first, &second] {
+        let h = health[instance].as_ref().unwrap();
+        assert_eq!(h.app, "app");
+        assert_eq!(h.version.as_deref(), Some("7"), "{h:?}");
+        assert_eq!(h.restarts, Some(0), "{h:?}");
+    }
+    let listed = summary(&name).await;
+    assert_eq!((listed.instances, listed.healthy), (2, 2), "{listed:?}");
+
+    // Killed by hand: the init restarts it, and status counts the restart.
+    incus(&["exec", &first, "--", "sh", "-c", by_hand.kill]);
+    let health = status_until(&d, "the restart counted", |h| {
+        h.get(&first)
+            .and_then(Option::as_ref)
+            .is_some_and(|h| h.restarts == Some(1) && h.state == ServiceState::Running)
+    })
+    .await;
+    assert_eq!(state(&health, &second), Some(ServiceState::Running));
+
+    // Stopped by hand in one replica: status says so there only; list counts 1/2.
+    incus(&["exec", &first, "--", "sh", "-c", by_hand.stop]);
+    let health = status_until(&d, "one stopped", |h| {
+        state(h, &first) == Some(ServiceState::Stopped)
+    })
+    .await;
+    assert_eq!(state(&health, &second), Some(ServiceState::Running));
+    let listed = summary(&name).await;
+    assert_eq!(
+        (listed.instances, listed.running, listed.healthy),
+        (2, 2, 1),
+        "{listed:?}"
+    );
+
+    // A stopped instance: its release cannot be asked, and status says why.
+    incus(&["stop", "--force", &second]);
+    let health = status_until(&d, "instance stopped", |h| {
+        state(h, &second) == Some(ServiceState::Unknown)
+    })
+    .await;
+    let detail = health[&second].as_ref().unwrap().detail.clone();
+    assert_eq!(detail.as_deref(), Some("the instance is stopped"));
+    let listed = summary(&name).await;
+    assert_eq!((listed.running, listed.healthy), (1, 0), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_list_follow_the_release_service_on_busybox() {
+    Box::pin(status_and_list_follow_the_service(
+        &live_support::image(),
+        &BUSYBOX,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_list_follow_the_release_service_on_systemd() {
+    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
+    if image.is_empty() {
+        eprintln!(
+            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
+        );
+        return;
+    }
+    Box::pin(status_and_list_follow_the_service(&image, &SYSTEMD)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_list_follow_the_release_service_on_openrc() {
+    let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
+    if image.is_empty() {
+        eprintln!(
+            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
+        );
+        return;
+    }
+    Box::pin(status_and_list_follow_the_service(&image, &OPENRC)).await;
+}
