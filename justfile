@@ -7,7 +7,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Bring up the real test environment: Incus, pool, images, TLS, cluster (--with-debian: systemd image too).
+# Bring up the real test environment: Incus, pool, images, TLS, cluster (--with-debian: systemd image too; --with-openrc: OpenRC image too).
 setup *args:
     bash scripts/incus-env.sh up {{args}}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real Incus test environment of cul8er: brings it up, tears it down, reports on it.
 #
-#   scripts/incus-env.sh up [--with-debian]   idempotent; `just setup` and `just test` run it
+#   scripts/incus-env.sh up [--with-debian] [--with-openrc]   idempotent; `just setup` and `just test` run it
 #   scripts/incus-env.sh down [--cluster]     the matching teardown (--cluster: daemons 2, 3 only)
 #   scripts/incus-env.sh status               one line per piece, ready or not
 #
@@ -12,9 +12,11 @@
 #   2. The main daemon (/var/lib/incus) is started when it is not running.
 #   3. It has the `default` dir pool and the root disk in the default profile.
 #   4. The test images, built locally from the host's packages (fixtures/images/), are
-#      imported under fixed aliases: cul8er-busybox always, cul8er-debian on request
-#      (`--with-debian` or CUL8ER_DEBIAN_IMAGE=1). An image is rebuilt only when its
-#      inputs change: their hash is the image property cul8er.build_hash.
+#      imported under fixed aliases: cul8er-busybox always, cul8er-debian (systemd) on
+#      request (`--with-debian` or CUL8ER_DEBIAN_IMAGE=1), cul8er-debian-openrc
+#      (sysvinit + OpenRC) on request (`--with-openrc` or CUL8ER_OPENRC_IMAGE=1). An
+#      image is rebuilt only when its inputs change: their hash is the image property
+#      cul8er.build_hash.
 #   5. The main daemon listens for TLS on 127.0.0.1:8443.
 #   6. Daemons 2 and 3 (/var/lib/incus2, /var/lib/incus3, on 127.0.0.2:8443 and
 #      127.0.0.3:8443) form a two-member Incus cluster, members member2 and member3,
@@ -35,6 +37,7 @@ declare -rA MEMBER_ADDRESS=([member2]=127.0.0.2:8443 [member3]=127.0.0.3:8443)
 readonly POOL=default
 readonly BUSYBOX_ALIAS=cul8er-busybox
 readonly DEBIAN_ALIAS=cul8er-debian
+readonly OPENRC_ALIAS=cul8er-debian-openrc
 readonly TEST_PREFIX=cul8er-t-
 readonly ENV_FILE=/run/cul8er-test-env
 readonly LOG_DIR=/var/log/cul8er
@@ -46,6 +49,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly repo
 readonly BUSYBOX_BUILDER="$repo/fixtures/images/busybox"
 readonly DEBIAN_BUILDER="$repo/fixtures/images/debian"
+readonly OPENRC_BUILDER="$repo/fixtures/images/debian-openrc"
 
 current_step="start"
 step_hint=""
@@ -342,6 +346,7 @@ debian_suite() {
 }
 
 debian_hash() { build_hash "$DEBIAN_BUILDER" "$(uname -m)" "$(debian_suite)"; }
+openrc_hash() { build_hash "$OPENRC_BUILDER" "$(uname -m)" "$(debian_suite)"; }
 
 # The image hash recorded on the image ALIAS points to, or nothing.
 image_hash() {
@@ -371,8 +376,20 @@ image_tarball() {
                 step "build image $DEBIAN_ALIAS" "check network access to the distribution mirror; rerun"
                 mirror="$(apt_mirror "$suite")" || die "no apt source for $suite to debootstrap from"
                 say "building $DEBIAN_ALIAS: debootstrap $suite, about a minute (build $hash)"
-                find "$CACHE_DIR" -maxdepth 1 -name 'debian-*.tar.gz' -delete
+                find "$CACHE_DIR" -maxdepth 1 -name 'debian-*.tar.gz' ! -name 'debian-openrc-*' -delete
                 bash "$DEBIAN_BUILDER/build.sh" "$tarball" "$hash" "$suite" "$mirror" >&2
+            fi
+            ;;
+        openrc)
+            tarball="$CACHE_DIR/debian-openrc-$hash.tar.gz"
+            if [ ! -f "$tarball" ]; then
+                local suite mirror
+                suite="$(debian_suite)"
+                step "build image $OPENRC_ALIAS" "check network access to the distribution mirror; rerun"
+                mirror="$(apt_mirror "$suite")" || die "no apt source for $suite to debootstrap from"
+                say "building $OPENRC_ALIAS: debootstrap $suite with sysvinit and OpenRC, about a minute (build $hash)"
+                find "$CACHE_DIR" -maxdepth 1 -name 'debian-openrc-*.tar.gz' -delete
+                bash "$OPENRC_BUILDER/build.sh" "$tarball" "$hash" "$suite" "$mirror" >&2
             fi
             ;;
     esac
@@ -613,8 +630,9 @@ delete_test_instances() {
 # The facts tests need, as shell assignments that keep values already set in the
 # environment (so a developer can point tests elsewhere). `just test` exports them.
 write_env_file() {
-    local debian_image=""
+    local debian_image="" openrc_image=""
     [ -n "$(image_hash "$MAIN_DIR" "$DEBIAN_ALIAS")" ] && debian_image=$DEBIAN_ALIAS
+    [ -n "$(image_hash "$MAIN_DIR" "$OPENRC_ALIAS")" ] && openrc_image=$OPENRC_ALIAS
     cat >"$ENV_FILE.partial" <<EOF
 # The cul8er test environment, written by scripts/incus-env.sh up. Source with \`set -a\`.
 CUL8ER_TEST_INCUS_SOCKET="\${CUL8ER_TEST_INCUS_SOCKET:-$MAIN_DIR/unix.socket}"
@@ -625,6 +643,7 @@ CUL8ER_TEST_CLUSTER_TLS_ADDRESS="\${CUL8ER_TEST_CLUSTER_TLS_ADDRESS:-${MEMBER_AD
 CUL8ER_TEST_CLUSTER_MEMBERS="\${CUL8ER_TEST_CLUSTER_MEMBERS:-member2 member3}"
 CUL8ER_TEST_IMAGE="\${CUL8ER_TEST_IMAGE:-$BUSYBOX_ALIAS}"
 CUL8ER_TEST_DEBIAN_IMAGE="\${CUL8ER_TEST_DEBIAN_IMAGE:-$debian_image}"
+CUL8ER_TEST_OPENRC_IMAGE="\${CUL8ER_TEST_OPENRC_IMAGE:-$openrc_image}"
 CUL8ER_TEST_PREFIX="\${CUL8ER_TEST_PREFIX:-$TEST_PREFIX}"
 EOF
     mv "$ENV_FILE.partial" "$ENV_FILE"
@@ -646,12 +665,14 @@ lock() {
 }
 
 cmd_up() {
-    local with_debian=0
+    local with_debian=0 with_openrc=0
     case "${CUL8ER_DEBIAN_IMAGE:-0}" in 1 | true | yes) with_debian=1 ;; esac
+    case "${CUL8ER_OPENRC_IMAGE:-0}" in 1 | true | yes) with_openrc=1 ;; esac
     while [ $# -gt 0 ]; do
         case "$1" in
             --with-debian) with_debian=1 ;;
-            *) say "unknown option to up: $1 (known: --with-debian)"; exit 2 ;;
+            --with-openrc) with_openrc=1 ;;
+            *) say "unknown option to up: $1 (known: --with-debian, --with-openrc)"; exit 2 ;;
         esac
         shift
     done
@@ -660,7 +681,8 @@ cmd_up() {
     lock
     mkdir -p "$LOG_DIR"
 
-    ensure_packages "$with_debian"
+    # Both Debian images need debootstrap.
+    ensure_packages "$((with_debian | with_openrc))"
     # Before any daemon starts (asking a socket-activated one starts it).
     ensure_subids
     local version
@@ -682,6 +704,11 @@ cmd_up() {
         deb_hash="$(debian_hash)"
         ensure_image "$MAIN_DIR" debian "$DEBIAN_ALIAS" "$deb_hash"
     fi
+    local orc_hash=""
+    if [ "$with_openrc" = 1 ]; then
+        orc_hash="$(openrc_hash)"
+        ensure_image "$MAIN_DIR" openrc "$OPENRC_ALIAS" "$orc_hash"
+    fi
 
     ensure_cluster
     ensure_image "${MEMBER_DIR[member2]}" busybox "$BUSYBOX_ALIAS" "$bb_hash"
@@ -695,7 +722,7 @@ cmd_up() {
     say "ready in $((SECONDS - started_at)) s: Incus $version"
     say "  main daemon   $MAIN_DIR/unix.socket, TLS $MAIN_ADDRESS"
     say "  cluster       member2 ${MEMBER_DIR[member2]}/unix.socket (${MEMBER_ADDRESS[member2]}), member3 ${MEMBER_DIR[member3]}/unix.socket (${MEMBER_ADDRESS[member3]})"
-    say "  images        $BUSYBOX_ALIAS (build $bb_hash)${deb_hash:+, $DEBIAN_ALIAS (build $deb_hash)}"
+    say "  images        $BUSYBOX_ALIAS (build $bb_hash)${deb_hash:+, $DEBIAN_ALIAS (build $deb_hash)}${orc_hash:+, $OPENRC_ALIAS (build $orc_hash)}"
     say "  env file      $ENV_FILE"
 }
 
@@ -721,7 +748,7 @@ cmd_down() {
         delete_test_instances "$MAIN_DIR" 0
         step "down: delete the test images" "delete them by hand: \`incus image list\`, \`incus image delete\`"
         local alias
-        for alias in "$BUSYBOX_ALIAS" "$DEBIAN_ALIAS"; do
+        for alias in "$BUSYBOX_ALIAS" "$DEBIAN_ALIAS" "$OPENRC_ALIAS"; do
             if incus_at "$MAIN_DIR" image alias list --format csv | cut -d, -f1 | grep -qx "$alias"; then
                 say "deleting image $alias"
                 incus_at "$MAIN_DIR" image delete "$alias" >/dev/null
@@ -772,6 +799,12 @@ cmd_status() {
             line image-debian ready "$DEBIAN_ALIAS build $have"
         else
             line image-debian optional "absent (up --with-debian builds it)"
+        fi
+        have="$(image_hash "$MAIN_DIR" "$OPENRC_ALIAS")"
+        if [ -n "$have" ]; then
+            line image-openrc ready "$OPENRC_ALIAS build $have"
+        else
+            line image-openrc optional "absent (up --with-openrc builds it)"
         fi
     elif [ "$(daemon_state "$MAIN_DIR")" = busy ]; then
         line daemon busy "$MAIN_DIR/unix.socket accepts connections but does not answer within 5 s"

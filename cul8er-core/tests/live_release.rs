@@ -1,11 +1,12 @@
 //! Releases against a real incusd: the app uploaded, run as a service under the image's
-//! own init (busybox init, and systemd on the Debian image), as its own non-root user,
+//! own init (busybox init, systemd and OpenRC on the Debian images), as its own non-root user,
 //! with a 0600 env file; idempotent, restarted by the init when killed, back after an
 //! instance restart, switched to a new version, old versions pruned.
 //!
 //! The daemon is `CUL8ER_TEST_INCUS_SOCKET` (default `/var/lib/incus/unix.socket`), the
-//! images `CUL8ER_TEST_IMAGE` (default `cul8er-busybox`) and `CUL8ER_TEST_DEBIAN_IMAGE`
-//! (`scripts/incus-env.sh up --with-debian`); every instance is `cul8er-t-...` and
+//! images `CUL8ER_TEST_IMAGE` (default `cul8er-busybox`), `CUL8ER_TEST_DEBIAN_IMAGE`
+//! (`scripts/incus-env.sh up --with-debian`) and `CUL8ER_TEST_OPENRC_IMAGE`
+//! (`scripts/incus-env.sh up --with-openrc`); every instance is `cul8er-t-...` and
 //! deleted by a guard through the `incus` command.
 #![allow(clippy::unwrap_used)]
 
@@ -317,13 +318,16 @@ async fn release_runs_as_a_systemd_service() {
     release_lifecycle(&image, "rel-deb", InitSystem::Systemd).await;
 }
 
-/// OpenRC, on a Debian rootfs with sysvinit and Debian's `openrc` package: runs when
-/// `CUL8ER_TEST_OPENRC_IMAGE` names such an image (the environment does not build one).
+/// OpenRC, on a Debian rootfs with sysvinit and Debian's `openrc` package: the
+/// `cul8er-debian-openrc` image that `scripts/incus-env.sh up --with-openrc` builds and
+/// names in `CUL8ER_TEST_OPENRC_IMAGE` (CI builds it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_runs_as_an_openrc_service() {
     let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
     if image.is_empty() {
-        eprintln!("skipped: CUL8ER_TEST_OPENRC_IMAGE names no OpenRC image");
+        eprintln!(
+            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
+        );
         return;
     }
     release_lifecycle(&image, "rel-orc", InitSystem::Openrc).await;
