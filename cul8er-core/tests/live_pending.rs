@@ -1,9 +1,10 @@
 //! The record of a rollout in progress on a real Incus server: saved by one client,
-//! read, paused and cleared by another, checked with the `incus` command, and a damaged
-//! record refused with an error that says how to get rid of it.
+//! read, paused and cleared by another, checked with the `incus` command; pause
+//! requests racing with a running rollout's saves; a damaged record refused with an
+//! error that says how to get rid of it.
 //!
 //! Each test uses its own topology name (`cul8er-t-...`) and a guard that deletes the
-//! record's profile even when the test fails.
+//! record's and the pause request's profiles even when the test fails.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,17 +13,24 @@ mod live_support;
 use cul8er_core::lock::{Holder, LeaseScope};
 use cul8er_core::rollout::pending::{
     BackendWeight, InstanceSet, PAUSE_KEY, PauseOutcome, PauseReason, PendingError, PendingRollout,
-    PendingStore, Phase, ROLLOUT_KEY, SetMember, SwitchStrategy, rollout_profile,
+    PendingStore, Phase, ROLLOUT_KEY, SetMember, SwitchStrategy, pause_profile, rollout_profile,
 };
 use live_support::{client, incus, incus_quiet, names};
 
-/// Deletes the rollout profile when dropped.
+/// Deletes the topology's rollout and pause profiles when dropped.
 struct ProfileGuard(String);
 
 impl Drop for ProfileGuard {
     fn drop(&mut self) {
-        incus_quiet(&["profile", "delete", &self.0]);
+        incus_quiet(&["profile", "delete", &rollout_profile(&self.0)]);
+        incus_quiet(&["profile", "delete", &pause_profile(&self.0)]);
     }
+}
+
+fn profile_exists(name: &str) -> bool {
+    incus(&["profile", "list", "--format", "csv", "-c", "n"])
+        .lines()
+        .any(|l| l == name)
 }
 
 /// A store on the test daemon with a client of its own, as another machine would have.
@@ -89,7 +97,7 @@ fn running(topology: &str) -> PendingRollout {
 async fn a_rollout_saved_on_one_machine_is_continued_paused_and_cleared_from_another() {
     let topology = names("pend").topology;
     let profile = rollout_profile(&topology);
-    let _guard = ProfileGuard(profile.clone());
+    let _guard = ProfileGuard(topology.clone());
     let first = store(&topology);
     let second = store(&topology);
 
@@ -116,10 +124,20 @@ async fn a_rollout_saved_on_one_machine_is_continued_paused_and_cleared_from_ano
     assert_eq!(outcome, PauseOutcome::Requested(record.clone()));
     let waiting = first.pause_requested().await.unwrap().unwrap();
     assert_eq!(waiting.by, holder("second", 2));
-    assert!(
-        !incus(&["profile", "get", &profile, PAUSE_KEY])
-            .trim()
-            .is_empty()
+    assert_eq!(waiting.revision, record.revision);
+    let shown: serde_json::Value = serde_json::from_str(
+        incus(&["profile", "get", &pause_profile(&topology), PAUSE_KEY]).trim(),
+    )
+    .unwrap();
+    assert_eq!(shown["by"]["user"], "second");
+    // A second request while one waits changes nothing.
+    assert_eq!(
+        first.request_pause(&holder("third", 3)).await.unwrap(),
+        PauseOutcome::Requested(record.clone())
+    );
+    assert_eq!(
+        second.pause_requested().await.unwrap(),
+        Some(waiting.clone())
     );
 
     // The running rollout moves to its next weights: the update keeps the request.
@@ -159,18 +177,72 @@ async fn a_rollout_saved_on_one_machine_is_continued_paused_and_cleared_from_ano
     // Over: cleared from the second machine, gone for everyone.
     assert!(second.clear().await.unwrap());
     assert_eq!(first.load().await.unwrap(), None);
+    assert!(!profile_exists(&profile));
+}
+
+#[tokio::test]
+async fn pause_requests_racing_with_a_running_rollout_lose_no_update() {
+    let topology = names("pendrace").topology;
+    let _guard = ProfileGuard(topology.clone());
+    let runner = store(&topology);
+    let mut record = running(&topology);
+    runner.save(&record).await.unwrap();
+
+    // The running rollout saves ten steps while four operators ask for a pause.
+    let requests = (0..4_u32).map(|i| {
+        let topology = topology.clone();
+        async move {
+            store(&topology)
+                .request_pause(&holder(&format!("op{i}"), i))
+                .await
+                .unwrap()
+        }
+    });
+    let steps = async {
+        for weight in 1..=10 {
+            record.weights = weights(100 - weight, weight);
+            runner.save(&record).await.unwrap();
+        }
+        record.clone()
+    };
+    let (outcomes, last) = tokio::join!(futures_util::future::join_all(requests), steps);
     assert!(
-        !incus(&["profile", "list", "--format", "csv", "-c", "n"])
-            .lines()
-            .any(|l| l == profile)
+        outcomes
+            .iter()
+            .all(|o| matches!(o, PauseOutcome::Requested(_)))
     );
+    // Every step's update is there, and exactly one request is waiting.
+    assert_eq!(store(&topology).load().await.unwrap(), Some(last));
+    let taken = runner.take_pause_request().await.unwrap().unwrap();
+    assert!(taken.by.user.starts_with("op"), "{taken:?}");
+    assert_eq!(runner.take_pause_request().await.unwrap(), None);
+
+    // Two takers of one request: one gets it.
+    store(&topology)
+        .request_pause(&holder("op9", 9))
+        .await
+        .unwrap();
+    let other = store(&topology);
+    let (a, b) = tokio::join!(runner.take_pause_request(), other.take_pause_request());
+    let got: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+
+    // A request left behind by an earlier rollout is not this one's.
+    let stale = r#"{"by":{"user":"old","host":"h","pid":1},"at":"2026-11-26T00:00:00Z","revision":"20261125T000000.000Z"}"#;
+    let pause = pause_profile(&topology);
+    incus(&["profile", "create", &pause]);
+    incus(&["profile", "set", &pause, PAUSE_KEY, stale]);
+    assert_eq!(runner.pause_requested().await.unwrap(), None);
+    assert_eq!(runner.take_pause_request().await.unwrap(), None);
+    assert!(!profile_exists(&pause));
+    assert!(runner.clear().await.unwrap());
 }
 
 #[tokio::test]
 async fn a_damaged_record_is_refused_with_the_profile_and_the_way_out() {
     let topology = names("pendbad").topology;
     let profile = rollout_profile(&topology);
-    let _guard = ProfileGuard(profile.clone());
+    let _guard = ProfileGuard(topology.clone());
     let store = store(&topology);
     incus(&["profile", "create", &profile]);
 
@@ -212,19 +284,25 @@ async fn a_damaged_record_is_refused_with_the_profile_and_the_way_out() {
         assert!(matches!(err, PendingError::Corrupt { .. }), "{err}");
     }
 
-    // A damaged pause request is refused too and left in place.
-    incus(&["profile", "set", &profile, PAUSE_KEY, "{oops"]);
+    // A damaged pause request is refused too, named, and left in place.
+    let pause = pause_profile(&topology);
+    incus(&["profile", "create", &pause]);
+    incus(&["profile", "set", &pause, PAUSE_KEY, "{oops"]);
     let err = store.take_pause_request().await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("unreadable user.cul8er.pause"), "{err}");
     assert!(
-        err.to_string().contains("unreadable user.cul8er.pause"),
+        message.contains(&format!("`incus profile delete {pause} --project default`")),
         "{err}"
     );
     assert_eq!(
-        incus(&["profile", "get", &profile, PAUSE_KEY]).trim(),
+        incus(&["profile", "get", &pause, PAUSE_KEY]).trim(),
         "{oops"
     );
 
-    // Clearing does not need to read it.
+    // Clearing does not need to read either.
     assert!(store.clear().await.unwrap());
     assert_eq!(store.load().await.unwrap(), None);
+    assert!(!profile_exists(&profile));
+    assert!(!profile_exists(&pause));
 }

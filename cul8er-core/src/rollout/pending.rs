@@ -13,12 +13,18 @@
 //! (`cul8er-rollout-<topology>`) in the topology's project on its first host, its
 //! config key [`ROLLOUT_KEY`] (`user.cul8er.rollout`) holding the record as JSON.
 //! Profiles keep `user.*` keys, no instance uses this one, and `incus profile show`
-//! shows it to anyone wondering why an apply refuses. A request to pause a running
-//! rollout is a second key of the same profile, [`PAUSE_KEY`]
-//! (`user.cul8er.pause`), which the running rollout takes between steps
-//! ([`PendingStore::take_pause_request`]). Writes read the profile with its ETag and
-//! replace it with `If-Match`, retrying when it changed meanwhile, so that saving the
-//! record keeps a pause request and taking the request keeps the record.
+//! shows it to anyone wondering why an apply refuses. Only the command holding the
+//! lease writes the record.
+//!
+//! A request to pause a running rollout (`cul8er pause`, which holds no lease) is a
+//! profile of its own, [`pause_profile`] (`cul8er-pause-<topology>`, key
+//! [`PAUSE_KEY`]), naming the revision it pauses; the running rollout takes it between
+//! steps ([`PendingStore::take_pause_request`]). Two writers never share a profile:
+//! on Incus 6.0.4 two concurrent `PUT`s with the same `If-Match` both succeed (see
+//! [`crate::lock`]), so a flag written into the record's profile could silently undo
+//! a step's update, or be undone by it. Creating a profile is atomic, and of two
+//! takers of a request only one deletes it. A request left behind for a rollout that
+//! has ended since (it raced with the end) names another revision and is discarded.
 //!
 //! # The lease while a rollout is paused
 //!
@@ -49,15 +55,15 @@ use crate::lock::{Holder, LeaseScope};
 /// The config key of the rollout profile that holds the [`PendingRollout`] as JSON.
 pub const ROLLOUT_KEY: &str = "user.cul8er.rollout";
 
-/// The config key of the rollout profile that holds a [`PauseRequest`] as JSON.
+/// The config key of the pause profile that holds a [`PauseRequest`] as JSON.
 pub const PAUSE_KEY: &str = "user.cul8er.pause";
 
 const NO_RECORD: &str = "has no user.cul8er.rollout key";
 const UNREADABLE_RECORD: &str = "has an unreadable user.cul8er.rollout";
 const UNREADABLE_PAUSE: &str = "has an unreadable user.cul8er.pause";
+const NO_PAUSE: &str = "has no user.cul8er.pause key";
 
-/// How many times a write is retried when the profile changed between reading and
-/// writing it.
+/// How many times a save is retried when the profile appears or vanishes under it.
 const ATTEMPTS: usize = 10;
 
 /// The name of the Incus profile holding a topology's rollout in progress.
@@ -68,6 +74,13 @@ const ATTEMPTS: usize = 10;
 #[must_use]
 pub fn rollout_profile(topology: &str) -> String {
     format!("cul8er-rollout-{topology}")
+}
+
+/// The name of the Incus profile holding a request to pause a topology's running
+/// rollout.
+#[must_use]
+pub fn pause_profile(topology: &str) -> String {
+    format!("cul8er-pause-{topology}")
 }
 
 /// A UTC time as RFC 3339 to the second, e.g. `2026-11-26T04:48:11Z`.
@@ -260,6 +273,8 @@ pub struct PauseRequest {
     pub by: Holder,
     /// When, UTC (RFC 3339).
     pub at: String,
+    /// The revision of the rollout it pauses.
+    pub revision: String,
 }
 
 /// What [`PendingStore::request_pause`] did.
@@ -289,12 +304,12 @@ pub enum PendingError {
         #[source]
         source: Box<incus_api::Error>,
     },
-    /// The record is there but cannot be read.
+    /// The record or a pause request is there but cannot be read.
     #[error(
-        "the rollout record in profile {profile} (project {project}, host {host}) {problem}; `cul8er abort` discards it, or remove it by hand with `incus profile delete {profile} --project {project}`"
+        "cannot read the rollout in progress: profile {profile} (project {project}, host {host}) {problem}; `cul8er abort` discards it, or remove it by hand with `incus profile delete {profile} --project {project}`"
     )]
     Corrupt {
-        /// The profile (named after the topology).
+        /// The profile.
         profile: String,
         /// The project.
         project: String,
@@ -312,7 +327,7 @@ pub enum PendingError {
         /// The topology.
         topology: String,
     },
-    /// Other writers kept changing the profile.
+    /// The profile kept appearing and vanishing while it was written.
     #[error(
         "profile {profile} (project {project}, host {host}) kept changing while it was written; try again"
     )]
@@ -346,23 +361,38 @@ impl PendingStore {
         rollout_profile(&self.scope.topology)
     }
 
+    /// The profile that holds a pause request.
+    #[must_use]
+    pub fn pause_profile(&self) -> String {
+        pause_profile(&self.scope.topology)
+    }
+
     fn profiles(&self) -> incus_api::profiles::Profiles {
         self.scope.client.project(&self.scope.project).profiles()
     }
 
-    fn incus(&self, what: &'static str) -> impl FnOnce(incus_api::Error) -> PendingError + '_ {
+    fn incus(
+        &self,
+        what: &'static str,
+        profile: String,
+    ) -> impl FnOnce(incus_api::Error) -> PendingError + '_ {
         move |source| PendingError::Incus {
             what,
-            profile: self.profile(),
+            profile,
             project: self.scope.project.clone(),
             host: self.scope.host.clone(),
             source: Box::new(source),
         }
     }
 
-    fn corrupt(&self, problem: &'static str, source: Option<serde_json::Error>) -> PendingError {
+    fn corrupt(
+        &self,
+        profile: String,
+        problem: &'static str,
+        source: Option<serde_json::Error>,
+    ) -> PendingError {
         PendingError::Corrupt {
-            profile: self.profile(),
+            profile,
             project: self.scope.project.clone(),
             host: self.scope.host.clone(),
             problem,
@@ -370,89 +400,70 @@ impl PendingStore {
         }
     }
 
-    fn contended(&self) -> PendingError {
-        PendingError::Contended {
-            profile: self.profile(),
-            project: self.scope.project.clone(),
-            host: self.scope.host.clone(),
-        }
-    }
-
-    fn description(&self) -> String {
-        format!(
-            "cul8er rollout in progress on topology {}: `cul8er promote`, `resume` or `abort` continue it",
-            self.scope.topology
-        )
-    }
-
-    /// The profile's config and ETag, `None` when it does not exist.
-    async fn read(
-        &self,
-    ) -> Result<Option<(HashMap<String, String>, Option<String>)>, PendingError> {
-        match self.profiles().get(&self.profile()).await {
-            Ok((profile, etag)) => Ok(Some((profile.config, etag))),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err((self.incus("read"))(e)),
-        }
-    }
-
-    /// Replaces the profile's config, `Ok(false)` when it changed or vanished since
-    /// it was read with `etag`.
-    async fn write(
-        &self,
-        config: HashMap<String, String>,
-        etag: Option<&str>,
-    ) -> Result<bool, PendingError> {
-        let put = incus_api::profiles::ProfilePut {
-            description: self.description(),
-            config,
+    fn put(description: String, key: &str, json: String) -> incus_api::profiles::ProfilePut {
+        incus_api::profiles::ProfilePut {
+            description,
+            config: HashMap::from([(key.to_owned(), json)]),
             devices: HashMap::new(),
-        };
-        match self.profiles().update(&self.profile(), &put, etag).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => Ok(false),
-            Err(e) => Err((self.incus("update"))(e)),
         }
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        problem: &'static str,
-        value: &str,
-    ) -> Result<T, PendingError> {
-        serde_json::from_str(value).map_err(|e| self.corrupt(problem, Some(e)))
+    /// The value of `key` in `profile`: `None` when the profile does not exist,
+    /// `Some(None)` when it has no such key.
+    async fn read(&self, profile: &str, key: &str) -> Result<Option<Option<String>>, PendingError> {
+        match self.profiles().get(profile).await {
+            Ok((mut found, _)) => Ok(Some(found.config.remove(key))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err((self.incus("read", profile.to_owned()))(e)),
+        }
     }
 
-    /// Saves `record`: creates the profile, or replaces the record in it (a pause
-    /// request already there is kept).
+    /// Deletes `profile`; `Ok(false)` when it was not there.
+    async fn delete(&self, profile: &str) -> Result<bool, PendingError> {
+        match self.profiles().delete(profile).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err((self.incus("delete", profile.to_owned()))(e)),
+        }
+    }
+
+    /// Saves `record`: creates the profile, or replaces the record in it. Only the
+    /// command holding the lease saves.
     ///
     /// # Errors
     ///
     /// [`PendingError::Incus`] when Incus refuses, [`PendingError::Contended`] when the
-    /// profile keeps changing under the write.
+    /// profile keeps appearing and vanishing under the write.
     pub async fn save(&self, record: &PendingRollout) -> Result<(), PendingError> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| self.corrupt("cannot be encoded", Some(e)))?;
+        let profile = self.profile();
+        // These types always encode: every map key is a string.
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let put = Self::put(
+            format!(
+                "cul8er rollout in progress on topology {}: `cul8er promote`, `resume` or `abort` continue it",
+                self.scope.topology
+            ),
+            ROLLOUT_KEY,
+            json,
+        );
         for _ in 0..ATTEMPTS {
-            let Some((mut config, etag)) = self.read().await? else {
-                let put = incus_api::profiles::ProfilePut {
-                    description: self.description(),
-                    config: HashMap::from([(ROLLOUT_KEY.to_owned(), json.clone())]),
-                    devices: HashMap::new(),
-                };
-                match self.profiles().create(&self.profile(), &put).await {
-                    Ok(()) => return Ok(()),
-                    // Created meanwhile: read it again and update it.
-                    Err(e) if e.is_conflict() => continue,
-                    Err(e) => return Err((self.incus("create"))(e)),
-                }
-            };
-            config.insert(ROLLOUT_KEY.to_owned(), json.clone());
-            if self.write(config, etag.as_deref()).await? {
-                return Ok(());
+            match self.profiles().update(&profile, &put, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err((self.incus("update", profile))(e)),
+            }
+            match self.profiles().create(&profile, &put).await {
+                Ok(()) => return Ok(()),
+                // Created meanwhile: update it.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err((self.incus("create", profile))(e)),
             }
         }
-        Err(self.contended())
+        Err(PendingError::Contended {
+            profile,
+            project: self.scope.project.clone(),
+            host: self.scope.host.clone(),
+        })
     }
 
     /// The rollout in progress, `None` when there is none.
@@ -462,102 +473,121 @@ impl PendingStore {
     /// [`PendingError::Corrupt`] when the profile exists but its record cannot be read,
     /// [`PendingError::Incus`] when Incus refuses.
     pub async fn load(&self) -> Result<Option<PendingRollout>, PendingError> {
-        let Some((config, _)) = self.read().await? else {
-            return Ok(None);
-        };
-        let Some(value) = config.get(ROLLOUT_KEY) else {
-            return Err(self.corrupt(NO_RECORD, None));
-        };
-        self.decode(UNREADABLE_RECORD, value).map(Some)
+        let profile = self.profile();
+        match self.read(&profile, ROLLOUT_KEY).await? {
+            None => Ok(None),
+            Some(None) => Err(self.corrupt(profile, NO_RECORD, None)),
+            Some(Some(value)) => serde_json::from_str(&value)
+                .map(Some)
+                .map_err(|e| self.corrupt(profile, UNREADABLE_RECORD, Some(e))),
+        }
     }
 
-    /// Removes the record (and any pause request) without reading it; `Ok(false)` when
-    /// there was none.
+    /// Removes the record and any pause request without reading them; `Ok(false)`
+    /// when there was no record.
     ///
     /// # Errors
     ///
     /// [`PendingError::Incus`] when Incus refuses.
     pub async fn clear(&self) -> Result<bool, PendingError> {
-        match self.profiles().delete(&self.profile()).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err((self.incus("delete"))(e)),
-        }
+        let existed = self.delete(&self.profile()).await?;
+        self.delete(&self.pause_profile()).await?;
+        Ok(existed)
     }
 
-    /// Asks the running rollout to pause at its next step (`cul8er pause`).
+    /// Asks the running rollout to pause at its next step (`cul8er pause`). A request
+    /// already waiting stays as it is.
     ///
     /// # Errors
     ///
     /// [`PendingError::NoRollout`] when there is no rollout in progress,
-    /// [`PendingError::Corrupt`] when its record cannot be read, or what
-    /// [`PendingStore::save`] returns.
+    /// [`PendingError::Corrupt`] when its record cannot be read, or
+    /// [`PendingError::Incus`].
     pub async fn request_pause(&self, by: &Holder) -> Result<PauseOutcome, PendingError> {
+        let Some(record) = self.load().await? else {
+            return Err(PendingError::NoRollout {
+                topology: self.scope.topology.clone(),
+            });
+        };
+        if record.phase.is_paused() {
+            return Ok(PauseOutcome::AlreadyPaused(record));
+        }
         let request = PauseRequest {
             by: by.clone(),
             at: utc_time(SystemTime::now()),
+            revision: record.revision.clone(),
         };
-        let json = serde_json::to_string(&request)
-            .map_err(|e| self.corrupt("cannot be encoded", Some(e)))?;
-        for _ in 0..ATTEMPTS {
-            let Some((mut config, etag)) = self.read().await? else {
-                return Err(PendingError::NoRollout {
-                    topology: self.scope.topology.clone(),
-                });
-            };
-            let Some(value) = config.get(ROLLOUT_KEY) else {
-                return Err(self.corrupt(NO_RECORD, None));
-            };
-            let record: PendingRollout = self.decode(UNREADABLE_RECORD, value)?;
-            if record.phase.is_paused() {
-                return Ok(PauseOutcome::AlreadyPaused(record));
-            }
-            config.insert(PAUSE_KEY.to_owned(), json.clone());
-            if self.write(config, etag.as_deref()).await? {
-                return Ok(PauseOutcome::Requested(record));
-            }
+        let json = serde_json::to_string(&request).unwrap_or_default();
+        let profile = self.pause_profile();
+        let put = Self::put(
+            format!(
+                "cul8er: pause the rollout of topology {} at its next step",
+                self.scope.topology
+            ),
+            PAUSE_KEY,
+            json,
+        );
+        match self.profiles().create(&profile, &put).await {
+            // A request is waiting already (perhaps a stale one: the running rollout
+            // discards that one and, between steps, sees this rollout's next request).
+            Ok(()) => Ok(PauseOutcome::Requested(record)),
+            Err(e) if e.is_conflict() => Ok(PauseOutcome::Requested(record)),
+            Err(e) => Err((self.incus("create", profile))(e)),
         }
-        Err(self.contended())
+    }
+
+    /// The request waiting in the pause profile, read but left in place.
+    async fn waiting_request(&self) -> Result<Option<PauseRequest>, PendingError> {
+        let profile = self.pause_profile();
+        match self.read(&profile, PAUSE_KEY).await? {
+            None => Ok(None),
+            Some(None) => Err(self.corrupt(profile, NO_PAUSE, None)),
+            Some(Some(value)) => serde_json::from_str(&value)
+                .map(Some)
+                .map_err(|e| self.corrupt(profile, UNREADABLE_PAUSE, Some(e))),
+        }
+    }
+
+    /// Whether `request` is for the rollout in progress now.
+    async fn is_current(&self, request: &PauseRequest) -> Result<bool, PendingError> {
+        Ok(self
+            .load()
+            .await?
+            .is_some_and(|record| record.revision == request.revision))
     }
 
     /// The pause request waiting for the running rollout, if any; it stays.
     ///
     /// # Errors
     ///
-    /// [`PendingError::Corrupt`] when the request cannot be read, or
+    /// [`PendingError::Corrupt`] when the request or the record cannot be read, or
     /// [`PendingError::Incus`].
     pub async fn pause_requested(&self) -> Result<Option<PauseRequest>, PendingError> {
-        let Some((config, _)) = self.read().await? else {
+        let Some(request) = self.waiting_request().await? else {
             return Ok(None);
         };
-        config
-            .get(PAUSE_KEY)
-            .map(|value| self.decode(UNREADABLE_PAUSE, value))
-            .transpose()
+        Ok(self.is_current(&request).await?.then_some(request))
     }
 
     /// Takes the pause request waiting for the running rollout, if any: the rollout
-    /// calls this between steps and pauses when it gets one. The request is removed,
-    /// the record kept.
+    /// calls this between steps and pauses when it gets one. The request is removed
+    /// (of two takers, one gets it); a request for another revision is removed and
+    /// ignored.
     ///
     /// # Errors
     ///
     /// [`PendingError::Corrupt`] when the request cannot be read (it is left in place;
-    /// `clear` removes it), [`PendingError::Incus`], [`PendingError::Contended`].
+    /// [`clear`](Self::clear) removes it) or the record cannot be read,
+    /// [`PendingError::Incus`].
     pub async fn take_pause_request(&self) -> Result<Option<PauseRequest>, PendingError> {
-        for _ in 0..ATTEMPTS {
-            let Some((mut config, etag)) = self.read().await? else {
-                return Ok(None);
-            };
-            let Some(value) = config.remove(PAUSE_KEY) else {
-                return Ok(None);
-            };
-            let request: PauseRequest = self.decode(UNREADABLE_PAUSE, &value)?;
-            if self.write(config, etag.as_deref()).await? {
-                return Ok(Some(request));
-            }
+        let Some(request) = self.waiting_request().await? else {
+            return Ok(None);
+        };
+        if !self.delete(&self.pause_profile()).await? {
+            // Another taker was first.
+            return Ok(None);
         }
-        Err(self.contended())
+        Ok(self.is_current(&request).await?.then_some(request))
     }
 }
 
@@ -654,8 +684,10 @@ mod tests {
     #[test]
     fn rollout_profiles_are_valid_incus_names() {
         let longest = "a".repeat(59);
-        let name = rollout_profile(&longest);
-        assert!(crate::topology::names::is_valid(&name));
+        for name in [rollout_profile(&longest), pause_profile(&longest)] {
+            assert!(crate::topology::names::is_valid(&name), "{name}");
+        }
         assert_eq!(rollout_profile("shop"), "cul8er-rollout-shop");
+        assert_eq!(pause_profile("shop"), "cul8er-pause-shop");
     }
 }
