@@ -48,6 +48,16 @@ pub(crate) enum Command {
     History(TopologyArgs),
     /// Return to the previous good revision (or `--to REVISION`), through its strategy.
     Rollback(RollbackArgs),
+    /// Finish a paused blue-green or canary rollout now: switch, or 100% to the canary.
+    Promote(TopologyArgs),
+    /// Go on with a paused canary rollout from its next step (blue-green: switch).
+    Resume(TopologyArgs),
+    /// Ask a blue-green or canary rollout running in another command to pause at its
+    /// next step.
+    Pause(TopologyArgs),
+    /// Undo a paused blue-green or canary rollout: all traffic back on the serving set,
+    /// the new set deleted.
+    Abort(TopologyArgs),
     /// Inspect or break the lease that keeps two applies apart.
     #[command(subcommand)]
     Lock(LockCommand),

@@ -4,7 +4,10 @@ mod deploy;
 mod fmt;
 mod remote;
 mod rollout;
+mod switch;
 mod validate;
+
+use cul8er_core::rollout::switch::Continue;
 
 use crate::cli::Command;
 use crate::exit::Outcome;
@@ -23,6 +26,10 @@ pub(crate) fn run(command: Command, settings: &Settings) -> Outcome {
         Command::Import(args) => deploy::import(&args, settings),
         Command::History(args) => rollout::history(&args, settings),
         Command::Rollback(args) => rollout::rollback(&args, settings),
+        Command::Promote(args) => switch::run(&args, Continue::Promote, settings),
+        Command::Resume(args) => switch::run(&args, Continue::Resume, settings),
+        Command::Abort(args) => switch::run(&args, Continue::Abort, settings),
+        Command::Pause(args) => switch::pause(&args, settings),
         Command::Lock(command) => deploy::lock(&command, settings),
         Command::Remote(command) => remote::run(&command, settings),
     }
