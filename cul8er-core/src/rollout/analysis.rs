@@ -39,7 +39,12 @@
 //! Then [`judge`] decides, in this order:
 //!
 //! 1. The canary saw fewer than `min-requests` requests: [`Verdict::NotEnoughRequests`]
-//!    (the caller decides whether to wait longer). Stable's count does not matter.
+//!    (the caller decides whether to wait longer; stable's count does not matter) —
+//!    unless its failures alone are already more than `max-error-rate` of
+//!    `min-requests`: then it could not pass once it has seen them, whatever the rest
+//!    do, and the step fails at once ([`Breach::FailuresBeforeMinimum`]), e.g.
+//!    `canary failed 5 of its first 5 requests, more than 1% of the 20 min-requests
+//!    asks for (stable 0.0% over 300 requests)`.
 //! 2. The canary's error rate is above `max-error-rate`, or its p99 is above
 //!    `max-p99-latency`: [`Verdict::Fail`], with every threshold broken and a reason
 //!    that compares with stable, e.g. `canary error rate 20.3% over 412 requests >
@@ -128,6 +133,16 @@ pub enum Breach {
         canary: f64,
         /// Stable's rate, in percent.
         stable: f64,
+    },
+    /// Before `min-requests`, the canary's failures are already more than
+    /// `max-error-rate` of `min-requests`.
+    FailuresBeforeMinimum {
+        /// The limit, in percent.
+        limit: f64,
+        /// The canary's failures so far.
+        failures: u64,
+        /// `min-requests`.
+        needed: u64,
     },
     /// The canary's p99 latency is above `max-p99-latency`.
     P99Latency {
@@ -333,18 +348,34 @@ pub fn judge(
     let canary = window(canary.0, canary.1);
     let stable = window(stable.0, stable.1);
     let needed = u64::from(analysis.min_requests);
-    if canary.requests < needed {
-        return Verdict::NotEnoughRequests {
-            seen: canary.requests,
-            needed,
-            canary,
-            stable,
-        };
-    }
     let max_error_rate = match (analysis.max_error_rate, analysis.max_p99_latency) {
         (None, None) => Some(DEFAULT_MAX_ERROR_RATE),
         (rate, _) => rate,
     };
+    if canary.requests < needed {
+        #[expect(clippy::cast_precision_loss, reason = "a ratio of request counts")]
+        let doomed = max_error_rate
+            .filter(|&limit| above(canary.failures as f64 * 100.0 / needed as f64, limit));
+        let Some(limit) = doomed else {
+            return Verdict::NotEnoughRequests {
+                seen: canary.requests,
+                needed,
+                canary,
+                stable,
+            };
+        };
+        let breach = Breach::FailuresBeforeMinimum {
+            limit,
+            failures: canary.failures,
+            needed,
+        };
+        return Verdict::Fail {
+            reason: describe(&breach, &canary, &stable),
+            breaches: vec![breach],
+            canary,
+            stable,
+        };
+    }
     let mut breaches = Vec::new();
     if let Some(limit) = max_error_rate
         && above(canary.error_rate, limit)
@@ -394,6 +425,16 @@ fn describe(breach: &Breach, canary: &Window, stable: &Window) -> String {
         Breach::ErrorRate { limit, .. } => format!(
             "canary error rate {} over {} requests > {limit}% (stable {} over {} requests)",
             percent(canary.error_rate, Some(limit)),
+            canary.requests,
+            percent(stable.error_rate, None),
+            stable.requests,
+        ),
+        Breach::FailuresBeforeMinimum {
+            limit,
+            failures,
+            needed,
+        } => format!(
+            "canary failed {failures} of its first {} requests, more than {limit}% of the {needed} min-requests asks for (stable {} over {} requests)",
             canary.requests,
             percent(stable.error_rate, None),
             stable.requests,
@@ -758,9 +799,10 @@ mod tests {
     }
 
     #[test]
-    fn fewer_requests_than_the_minimum_wait_even_when_they_failed() {
-        let end = [backend("c", 19, 19, 0, &[(0.002, 19)])];
-        let verdict = judge((&[], &end), (&[], &[]), &analysis(Some(1.0), None, 20));
+    fn fewer_requests_than_the_minimum_wait_while_they_could_still_pass() {
+        // 1 failure in 19 is within 10% of 20 requests: wait for more.
+        let end = [backend("c", 19, 1, 0, &[(0.002, 19)])];
+        let verdict = judge((&[], &end), (&[], &[]), &analysis(Some(10.0), None, 20));
         assert!(
             matches!(
                 verdict,
@@ -776,8 +818,54 @@ mod tests {
             verdict.to_string(),
             "canary saw 19 of the 20 requests the analysis needs"
         );
-        let end = [backend("c", 20, 19, 0, &[(0.002, 20)])];
-        assert!(!judge((&[], &end), (&[], &[]), &analysis(Some(1.0), None, 20)).passed());
+        // Exactly 10% of 20 already failed: still within the limit.
+        let end = [backend("c", 5, 2, 0, &[(0.002, 5)])];
+        let verdict = judge((&[], &end), (&[], &[]), &analysis(Some(10.0), None, 20));
+        assert!(
+            matches!(verdict, Verdict::NotEnoughRequests { .. }),
+            "{verdict:?}"
+        );
+        // At 20 requests the rate decides.
+        let end = [backend("c", 20, 3, 0, &[(0.002, 20)])];
+        assert!(!judge((&[], &end), (&[], &[]), &analysis(Some(10.0), None, 20)).passed());
+    }
+
+    #[test]
+    fn failures_that_already_break_the_limit_at_min_requests_fail_at_once() {
+        let end = [backend("c", 5, 5, 0, &[(0.002, 5)])];
+        let (stable_start, stable_end) = quiet_stable(300);
+        let verdict = judge(
+            (&[], &end),
+            (&stable_start, &stable_end),
+            &analysis(Some(1.0), None, 20),
+        );
+        let Verdict::Fail {
+            reason, breaches, ..
+        } = &verdict
+        else {
+            panic!("expected a failure, got {verdict:?}");
+        };
+        assert_eq!(
+            reason,
+            "canary failed 5 of its first 5 requests, more than 1% of the 20 min-requests asks for (stable 0.0% over 300 requests)"
+        );
+        assert_eq!(
+            breaches.as_slice(),
+            [Breach::FailuresBeforeMinimum {
+                limit: 1.0,
+                failures: 5,
+                needed: 20
+            }]
+        );
+        // 3 of 20 is above 10%: fails with only 4 requests seen.
+        let end = [backend("c", 4, 3, 0, &[(0.002, 4)])];
+        assert!(!judge((&[], &end), (&[], &[]), &analysis(Some(10.0), None, 20)).passed());
+        // A latency-only analysis has no error limit: it waits.
+        let end = [backend("c", 4, 4, 0, &[(0.002, 4)])];
+        assert!(matches!(
+            judge((&[], &end), (&[], &[]), &analysis(None, Some(100), 20)),
+            Verdict::NotEnoughRequests { .. }
+        ));
     }
 
     #[test]

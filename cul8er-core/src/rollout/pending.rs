@@ -68,9 +68,10 @@ const ATTEMPTS: usize = 10;
 
 /// The name of the Incus profile holding a topology's rollout in progress.
 ///
-/// Topology names are valid Incus names of at most 59 characters
-/// ([`crate::topology::names`]), so this one (`cul8er-rollout-` and the topology) is a
-/// valid profile name too.
+/// A topology name is lower-case letters, digits and hyphens, short enough for its
+/// instances' names to stay within 59 characters ([`crate::topology::names`]), so this
+/// one (`cul8er-rollout-` and the topology) is a valid profile name: Incus 6.0.4 checks
+/// profile names for characters, not length (an 84-character one was accepted).
 #[must_use]
 pub fn rollout_profile(topology: &str) -> String {
     format!("cul8er-rollout-{topology}")
