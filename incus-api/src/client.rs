@@ -25,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::{Error, Result};
 use crate::operation_waiter::OperationWaiter;
 use crate::request::{ApiRequest, Body};
-use crate::response::{Envelope, decode_envelope};
+use crate::response::{Envelope, decode_envelope, decode_sync};
 use crate::transport::pool::{Lease, Pool};
 use crate::transport::tls::{self, Certificate, ClientIdentity, ServerTrust};
 use crate::transport::{Connector, Stream, resolve_socket_path};
@@ -443,14 +443,23 @@ impl Client {
         &self,
         req: ApiRequest,
     ) -> Result<(Method, String, Envelope)> {
+        let (method, path, parts, bytes) = self.call_json(req).await?;
+        let env = decode_envelope(&method, &path, parts.status, &parts.headers, &bytes)?;
+        Ok((method, path, env))
+    }
+
+    /// Sends a request and reads its whole (JSON) answer, giving the connection back.
+    async fn call_json(
+        &self,
+        req: ApiRequest,
+    ) -> Result<(Method, String, http::response::Parts, Bytes)> {
         let (method, path, resp, lease) = self.send(req).await?;
         let (parts, body) = resp.into_parts();
         let bytes = collect(&method, &path, body, MAX_JSON_BODY).await?;
         if let Some(lease) = lease {
             lease.release();
         }
-        let env = decode_envelope(&method, &path, parts.status, &parts.headers, &bytes)?;
-        Ok((method, path, env))
+        Ok((method, path, parts, bytes))
     }
 
     /// Sends a request whose answer is a sync response with metadata of type `T`.
@@ -458,8 +467,16 @@ impl Client {
         &self,
         req: ApiRequest,
     ) -> Result<(T, Option<String>)> {
-        let (method, path, env) = self.call_envelope(req).await?;
-        env.into_sync(&method, &path)
+        let (method, path, parts, bytes) = self.call_json(req).await?;
+        // The usual answer decodes in one pass; anything else (an error, a body that
+        // does not fit `T`) goes the long way, which says precisely what is wrong.
+        if parts.status.is_success()
+            && let Some(done) = decode_sync(&parts.headers, &bytes)
+        {
+            return Ok(done);
+        }
+        decode_envelope(&method, &path, parts.status, &parts.headers, &bytes)?
+            .into_sync(&method, &path)
     }
 
     /// Sends a request whose answer is a sync response; the metadata is ignored.
