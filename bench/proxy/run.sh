@@ -185,6 +185,11 @@ for proxy in cul8er-proxy nginx haproxy; do
     printf '%-14s %12s %9s %9s %14s %24s\n' "$proxy" "${rps[$proxy]}" "${p50[$proxy]}" "${p99[$proxy]}" \
         "${cpu[$proxy]}" "${mem[$proxy]}"
 done
+echo
+echo "each round (requests/s p50 p99 CPU):"
+for proxy in cul8er-proxy nginx haproxy; do
+    printf '%-14s %s\n' "$proxy" "$(tr '\n' '|' < "$scratch/rounds-$proxy" | sed 's/|$//; s/|/ | /g')"
+done
 awk -v c="${rps[cul8er-proxy]}" -v n="${rps[nginx]}" -v h="${rps[haproxy]}" \
     -v cp="${p99[cul8er-proxy]}" -v hp="${p99[haproxy]}" -v np="${p99[nginx]}" \
     -v cc="${cpu[cul8er-proxy]}" -v nc="${cpu[nginx]}" -v hc="${cpu[haproxy]}" 'BEGIN {

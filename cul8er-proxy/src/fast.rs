@@ -777,8 +777,13 @@ fn parse_response(
 
     let mut out = Out::with_capacity(length + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
+    // httparse reads exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     match response.reason.filter(|r| !r.is_empty()) {
         Some(reason) => out.extend_from_slice(reason.as_bytes()),
         None => {
