@@ -43,6 +43,27 @@ pub struct Remote {
     pub fingerprint: String,
 }
 
+/// What removing a remote did about its server's trust in cul8er's client
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "trust", rename_all = "kebab-case")]
+pub enum TrustRemoval {
+    /// The server no longer trusts the client certificate.
+    Revoked,
+    /// The server did not trust it (any more).
+    NotTrusted,
+    /// Another stored remote reaches the same server, so its trust was kept.
+    SharedWith {
+        /// That remote.
+        remote: String,
+    },
+    /// The server could not be asked: it still trusts the certificate.
+    Unreachable {
+        /// Why.
+        error: String,
+    },
+}
+
 /// How the operator vouches for the server when adding a remote.
 #[derive(Debug, Clone)]
 pub enum RemoteTrust {
@@ -501,6 +522,58 @@ impl RemoteStore {
             address: stored.address,
             fingerprint: stored.fingerprint,
         })
+    }
+
+    /// Removes a remote like [`RemoteStore::remove`], first asking its server to stop
+    /// trusting cul8er's client certificate, within [`CONNECT_TIMEOUT`] plus as long
+    /// again for the request. The trust is kept when another stored remote reaches the
+    /// same server (same pinned certificate or address), since the certificate is
+    /// shared; a server that cannot be reached still trusts it, and the answer says so.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError::NotFound`] when there is none of that name, and the store's
+    /// errors. Failing to revoke is not an error: it is in the [`TrustRemoval`].
+    pub async fn remove_revoking(&self, name: &str) -> Result<(Remote, TrustRemoval), RemoteError> {
+        let remote = self.get(name)?;
+        let shared = self.list()?.into_iter().find(|r| {
+            r.name != remote.name
+                && (r.fingerprint == remote.fingerprint || r.address == remote.address)
+        });
+        let trust = match shared {
+            Some(other) => TrustRemoval::SharedWith { remote: other.name },
+            None => self.revoke(&remote).await,
+        };
+        Ok((self.remove(name)?, trust))
+    }
+
+    async fn revoke(&self, remote: &Remote) -> TrustRemoval {
+        let unreachable = |error: &dyn std::error::Error| TrustRemoval::Unreachable {
+            error: crate::execute::error_chain(error),
+        };
+        let client = match self.client(&remote.name) {
+            Ok(client) => client,
+            Err(e) => return unreachable(&e),
+        };
+        let fingerprint = match self.client_identity() {
+            Ok(identity) => identity.certificate().fingerprint(),
+            Err(e) => return unreachable(&e),
+        };
+        let asked = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            client.certificates().delete(&fingerprint),
+        )
+        .await;
+        match asked {
+            Ok(Ok(())) => TrustRemoval::Revoked,
+            Ok(Err(e)) if e.is_not_found() => TrustRemoval::NotTrusted,
+            // Once untrusted, the server answers like that to everything we send.
+            Ok(Err(e)) if e.is_forbidden() => TrustRemoval::NotTrusted,
+            Ok(Err(e)) => unreachable(&e),
+            Err(_) => TrustRemoval::Unreachable {
+                error: format!("no answer within {} s", (CONNECT_TIMEOUT * 2).as_secs()),
+            },
+        }
     }
 
     /// A client for the remote: TLS to its address, its certificate pinned, cul8er's

@@ -9,7 +9,7 @@ mod live_support;
 
 use cul8er_core::execute::Cancel;
 use cul8er_core::lock::Holder;
-use cul8er_core::remote::{RemoteStore, RemoteTrust};
+use cul8er_core::remote::{RemoteStore, RemoteTrust, TrustRemoval};
 use cul8er_core::state::StateDir;
 use cul8er_core::{ApplyRequest, Deployment};
 use live_support::{incus, incus_quiet, instances_named, topology};
@@ -131,4 +131,53 @@ async fn a_topology_on_a_tls_remote_deploys_replans_nothing_and_destroys() {
     assert!(report.outcome.succeeded(), "{:#?}", report.outcome);
     assert!(instances_named(&format!("{name}-")).is_empty());
     assert!(!d.plan_destroy(false).await.unwrap().has_changes());
+}
+
+/// `remote remove` revokes the server's trust in cul8er's client certificate, unless
+/// another stored remote reaches the same server: checked with `incus config trust list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_remote_of_a_server_revokes_its_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RemoteStore::new(dir.path().join("config"));
+    let client_name = live_support::names("revoke").topology;
+    let token = incus(&["config", "trust", "add", &client_name, "--quiet"]);
+    let _revoke = guard(&["config", "trust", "revoke-token", &client_name]);
+    let client_fp = store.client_identity().unwrap().certificate().fingerprint();
+    let _untrust = guard(&["config", "trust", "remove", &client_fp]);
+    let first = store
+        .add(
+            "lab",
+            &address(),
+            RemoteTrust::Token(token.trim().to_owned()),
+        )
+        .await
+        .unwrap();
+    let trusted = || incus(&["config", "trust", "list", "-f", "csv"]).contains(&client_fp[..12]);
+    assert!(trusted());
+    store
+        .add(
+            "lab-again",
+            &address(),
+            RemoteTrust::Fingerprint(first.fingerprint.clone()),
+        )
+        .await
+        .unwrap();
+
+    // Another remote reaches the same server: its trust stays.
+    let (removed, trust) = store.remove_revoking("lab").await.unwrap();
+    assert_eq!(removed.name, "lab");
+    assert_eq!(
+        trust,
+        TrustRemoval::SharedWith {
+            remote: "lab-again".into()
+        }
+    );
+    assert!(trusted());
+
+    // The last one: revoked, as the server sees it, and the remote is gone.
+    let (_, trust) = store.remove_revoking("lab-again").await.unwrap();
+    assert_eq!(trust, TrustRemoval::Revoked);
+    assert!(!trusted());
+    assert!(store.list().unwrap().is_empty());
+    assert!(store.remove_revoking("lab-again").await.is_err());
 }

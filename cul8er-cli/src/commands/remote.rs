@@ -2,7 +2,7 @@
 
 use std::io::Read as _;
 
-use cul8er_core::remote::{Remote, RemoteError, RemoteStore, RemoteTrust};
+use cul8er_core::remote::{Remote, RemoteError, RemoteStore, RemoteTrust, TrustRemoval};
 
 use crate::cli::{OutputFormat, RemoteAddArgs, RemoteCommand};
 use crate::exit::Outcome;
@@ -17,21 +17,55 @@ pub(crate) fn run(command: &RemoteCommand, settings: &Settings) -> Outcome {
     match command {
         RemoteCommand::Add(args) => add(&store, args, settings),
         RemoteCommand::List => list(&store, settings),
-        RemoteCommand::Remove { name } => match store.remove(name) {
-            Ok(remote) => {
-                if settings.format == OutputFormat::Json {
-                    print_json(&serde_json::json!({ "removed": remote }))
-                } else {
-                    settings.eprint_line(&format!(
-                        "Removed remote {} ({}). The server still trusts cul8er's client certificate until it is removed there.",
-                        remote.name, remote.address
-                    ));
-                    Outcome::Success
-                }
-            }
-            Err(e) => failure(e),
-        },
+        RemoteCommand::Remove { name } => remove(&store, name, settings),
     }
+}
+
+fn remove(store: &RemoteStore, name: &str, settings: &Settings) -> Outcome {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Unexpected(
+                anyhow::Error::new(e).context("cannot start the async runtime"),
+            );
+        }
+    };
+    let (remote, trust) = match runtime.block_on(store.remove_revoking(name)) {
+        Ok(removed) => removed,
+        Err(e) => return failure(e),
+    };
+    if settings.format == OutputFormat::Json {
+        return print_json(&serde_json::json!({ "removed": remote, "trust": trust }));
+    }
+    let what = match &trust {
+        TrustRemoval::Revoked => {
+            "The server no longer trusts cul8er's client certificate.".to_owned()
+        }
+        TrustRemoval::NotTrusted => {
+            "The server did not trust cul8er's client certificate.".to_owned()
+        }
+        TrustRemoval::SharedWith { remote } => format!(
+            "Remote {remote} reaches the same server, so it still trusts cul8er's client certificate."
+        ),
+        TrustRemoval::Unreachable { error } => {
+            let fingerprint = store.client_identity().map_or_else(
+                |_| "FINGERPRINT".to_owned(),
+                |identity| identity.certificate().fingerprint(),
+            );
+            format!(
+                "The server could not be asked to stop trusting cul8er's client certificate \
+                 ({error}); remove it there with `incus config trust remove {fingerprint}`."
+            )
+        }
+    };
+    settings.eprint_line(&format!(
+        "Removed remote {} ({}). {what}",
+        remote.name, remote.address
+    ));
+    Outcome::Success
 }
 
 fn add(store: &RemoteStore, args: &RemoteAddArgs, settings: &Settings) -> Outcome {
