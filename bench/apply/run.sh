@@ -4,7 +4,8 @@
 #      `incus-benchmark launch --count 30` at its best parallelism (upstream's Go
 #      client: the daemon is the floor) and a sequential `incus launch` loop.
 #   2. The same topology with a release on every instance: the total, and the share of
-#      step time spent waiting on Incus operations (from `--output json` events).
+#      step time spent waiting on Incus: operations, and the release's execs and file
+#      transfers (from `--output json` events).
 #   3. The planner alone on 1,000 and 10,000 synthetic resources (cargo bench).
 #
 # The machine is shared and noisy, so the compared runs alternate (cul8er, benchmark,
@@ -89,7 +90,8 @@ cul8er_run() { # topology name, run label
 
 # Where a cul8er run's time went, from its events and summary line: the executor's own
 # time (the rest is start-up, planning, the lease and the state files), the median
-# and slowest step, and the share of step time waiting on Incus operations.
+# and slowest step, and the share of step time waiting on Incus (operations, release
+# execs and file transfers).
 cul8er_detail() { # run label, wall time
     local executor
     executor=$(sed -n 's/.* in \([0-9.]*\) s\.$/\1/p' "$work/$1.err" | tail -n 1)
@@ -180,7 +182,7 @@ for round in $(seq 1 "$rounds"); do
     printf '  %d  %6.2f s   (load %s)\n' "$round" "$took" "$before"
     printf '       %s\n' "$(cul8er_detail "release-$round" "$took")"
 done
-printf '  median: %6.2f s, %.0f%% of step time waiting on Incus operations\n' \
+printf '  median: %6.2f s, %.0f%% of step time waiting on Incus (operations, execs, file transfers)\n' \
     "$(median "${release_times[@]}")" "$(median "${shares[@]}")"
 
 # 3. The planner alone.

@@ -121,7 +121,8 @@ pub enum ApplyEvent {
         step: Step,
         /// How long it took, in milliseconds.
         millis: u64,
-        /// Of that, milliseconds spent waiting on Incus operations.
+        /// Of that, milliseconds spent waiting on Incus: operations, and a release's
+        /// execs and file transfers.
         waiting_millis: u64,
     },
     /// A step failed.
@@ -180,7 +181,8 @@ pub struct StepOutcome {
     pub error: Option<String>,
     /// Milliseconds it took.
     pub millis: u64,
-    /// Milliseconds of that spent waiting on Incus operations.
+    /// Milliseconds of that spent waiting on Incus: operations, and a release's execs
+    /// and file transfers.
     pub waiting_millis: u64,
 }
 
@@ -302,7 +304,7 @@ fn step_of(change: &Change) -> Step {
     }
 }
 
-/// Time spent waiting on Incus operations, summed by a step.
+/// Time spent waiting on Incus (operations, release execs and transfers), summed by a step.
 #[derive(Debug, Default)]
 struct Waited(Duration);
 
@@ -639,13 +641,13 @@ impl Executor {
                 progress("creating");
                 self.create_instance(client, change, desired, waited)
                     .await?;
-                self.deploy_release(client, change, desired, &progress)
+                self.deploy_release(client, change, desired, waited, &progress)
                     .await
             }
             (Action::Create, Some(desired)) => {
                 self.create_instance(client, change, desired, waited)
                     .await?;
-                self.deploy_release(client, change, desired, &progress)
+                self.deploy_release(client, change, desired, waited, &progress)
                     .await
             }
             (Action::Update, Some(desired)) => {
@@ -656,7 +658,7 @@ impl Executor {
                     .iter()
                     .any(|f| f.field.starts_with("config.user.cul8er."));
                 if release_changed || change.start {
-                    self.deploy_release(client, change, desired, &progress)
+                    self.deploy_release(client, change, desired, waited, &progress)
                         .await?;
                 }
                 Ok(())
@@ -853,6 +855,7 @@ impl Executor {
         client: &incus_api::Client,
         change: &Change,
         desired: &DesiredInstance,
+        waited: &mut Waited,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), StepError> {
         let Some(release) = &desired.release else {
@@ -868,14 +871,17 @@ impl Executor {
             artifact_base: self.options.artifact_base.clone(),
             ..crate::release::DeployOptions::default()
         };
-        crate::release::deploy_with(client, &desired.name, release, &env, &options)
-            .await
-            .map(drop)
-            .map_err(|source| StepError::Release {
-                name: change.name.clone(),
-                host: change.host.clone(),
-                source: Box::new(source),
-            })
+        // A release deploy is Incus requests end to end (execs, file transfers; the
+        // service's start is waited for inside an exec): it all counts as waiting.
+        let begin = Instant::now();
+        let deployed =
+            crate::release::deploy_with(client, &desired.name, release, &env, &options).await;
+        waited.0 += begin.elapsed();
+        deployed.map(drop).map_err(|source| StepError::Release {
+            name: change.name.clone(),
+            host: change.host.clone(),
+            source: Box::new(source),
+        })
     }
 }
 
