@@ -509,17 +509,57 @@ impl Roller<'_> {
             crate::edge::edge_instance_name(&self.topology.name),
         )
         .with_timeout(self.timeout());
+        if weight > 0 {
+            self.progress(
+                change,
+                format!("weight {weight} on the edge ({})", services.join(", ")),
+            );
+            return self
+                .readdress(client, &edge, resource, &change.name, weight)
+                .await;
+        }
         for service in &services {
-            let result = if weight == 0 {
-                self.progress(change, format!("draining it on the edge ({service})"));
-                edge.drain(service, &change.name).await.map(drop)
-            } else {
-                self.progress(change, format!("weight {weight} on the edge ({service})"));
-                edge.set_weights(service, &[(&change.name, weight)]).await
-            };
-            result.map_err(|e| error_chain(&e))?;
+            self.progress(change, format!("draining it on the edge ({service})"));
+            edge.drain(service, &change.name)
+                .await
+                .map_err(|e| error_chain(&e))?;
         }
         Ok(())
+    }
+
+    /// Gives `name` its weight back in every service of `resource`, at the address it
+    /// has now (a replacement has a new one), in one configuration change.
+    async fn readdress(
+        &self,
+        client: &Client,
+        edge: &crate::edge::Edge,
+        resource: &Resource,
+        name: &str,
+        weight: u32,
+    ) -> Result<(), String> {
+        let nics = crate::edge::addresses_of(client, name)
+            .await
+            .map_err(|e| format!("cannot read the address of {name}: {}", error_chain(&e)))?;
+        let mut config = edge.config().await.map_err(|e| error_chain(&e))?;
+        for service in super::switch::services(resource) {
+            let found = config
+                .services
+                .iter_mut()
+                .find(|s| s.name == service.name)
+                .ok_or_else(|| format!("the edge has no service {}", service.name))?;
+            let backend = found
+                .backends
+                .iter_mut()
+                .find(|b| b.name == name)
+                .ok_or_else(|| {
+                    format!("the edge has no backend {name} in service {}", service.name)
+                })?;
+            backend.weight = weight;
+            if let Some(ip) = nics.get(&service.nic) {
+                backend.address = std::net::SocketAddr::new(*ip, service.port);
+            }
+        }
+        edge.apply(&config).await.map_err(|e| error_chain(&e))
     }
 
     async fn binary(&self) -> Option<crate::edge::EdgeBinary> {

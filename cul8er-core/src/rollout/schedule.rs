@@ -81,6 +81,30 @@ pub async fn pause(pause: Option<Pause>, cancel: &CancellationToken) -> PauseEnd
     }
 }
 
+/// Waits out `delay` (a blue-green scale-down delay) in ticks of at most `tick`,
+/// telling `on_tick` the time left at the start of each; ends early with
+/// [`PauseEnd::Cancelled`] when `cancel` fires.
+pub async fn countdown(
+    delay: Duration,
+    tick: Duration,
+    cancel: &CancellationToken,
+    mut on_tick: impl FnMut(Duration),
+) -> PauseEnd {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return PauseEnd::Elapsed;
+        }
+        on_tick(left);
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return PauseEnd::Cancelled,
+            () = tokio::time::sleep(left.min(tick.max(Duration::from_millis(1)))) => {}
+        }
+    }
+}
+
 /// How a sequence of batches ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchesEnd {
@@ -214,6 +238,52 @@ mod tests {
             PauseEnd::NeedsPromotion
         );
         assert_eq!(begin.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_scale_down_countdown_ticks_and_ends_at_its_delay() {
+        let cancel = CancellationToken::new();
+        let begin = Instant::now();
+        let mut told = Vec::new();
+        let end = countdown(
+            Duration::from_secs(25),
+            Duration::from_secs(10),
+            &cancel,
+            |left| {
+                told.push(left.as_secs());
+            },
+        )
+        .await;
+        assert_eq!(end, PauseEnd::Elapsed);
+        assert_eq!(begin.elapsed(), Duration::from_secs(25));
+        assert_eq!(told, [25, 15, 5]);
+        let mut ticks = 0;
+        let zero = countdown(Duration::ZERO, Duration::from_secs(10), &cancel, |_| {
+            ticks += 1
+        })
+        .await;
+        assert_eq!((zero, ticks), (PauseEnd::Elapsed, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ctrl_c_ends_the_countdown_at_once() {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        let begin = Instant::now();
+        let (end, ()) = tokio::join!(
+            countdown(
+                Duration::from_secs(60),
+                Duration::from_secs(10),
+                &cancel,
+                |_| {}
+            ),
+            async {
+                tokio::time::sleep(Duration::from_secs(12)).await;
+                trigger.cancel();
+            }
+        );
+        assert_eq!(end, PauseEnd::Cancelled);
+        assert_eq!(begin.elapsed(), Duration::from_secs(12));
     }
 
     #[tokio::test(start_paused = true)]

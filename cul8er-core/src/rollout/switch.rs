@@ -39,7 +39,7 @@ use super::pending::{
     BackendWeight, InstanceSet, PauseReason, PendingRollout, Phase, SetMember, SwitchStrategy,
 };
 use super::run::{Roller, step, wait};
-use super::schedule::{PauseEnd, canary_backend_weights, canary_weights, pause};
+use super::schedule::{PauseEnd, canary_backend_weights, canary_weights, countdown, pause};
 use super::{ResourceRollout, RolloutResult};
 use crate::desired::{KEY_CANDIDATE, KEY_RETIRE};
 use crate::edge::Edge;
@@ -61,9 +61,9 @@ pub const JUDGE_DEADLINE: Duration = Duration::from_secs(300);
 /// One exposed port of the resource on the edge.
 #[derive(Debug, Clone)]
 pub(super) struct ServiceRef {
-    name: String,
-    nic: String,
-    port: u16,
+    pub(super) name: String,
+    pub(super) nic: String,
+    pub(super) port: u16,
 }
 
 /// The edge services of `resource`, named as the edge's desire names them.
@@ -464,7 +464,8 @@ impl Roller<'_> {
                 run,
                 format!("switching back to the kept set {}", run.new.join(", ")),
             );
-            self.mark(client, &run.new, &[KEY_RETIRE], None).await?;
+            // It keeps its retire-after key until the switch: undone before it, it is
+            // still the old set it was.
         } else {
             self.set_progress(run, format!("creating the new set {}", run.new.join(", ")));
             let mut sub = self.plan.clone();
@@ -496,7 +497,7 @@ impl Roller<'_> {
             return Err(reason);
         }
         if !run.services.is_empty() {
-            self.edge_healthy(run, edge).await?;
+            self.edge_healthy(run, client, edge).await?;
         }
         Ok(())
     }
@@ -559,14 +560,20 @@ impl Roller<'_> {
     }
 
     /// Waits until the edge's own checks find every new backend healthy.
-    async fn edge_healthy(&self, run: &SetRun<'_>, edge: &Edge) -> Result<(), String> {
+    async fn edge_healthy(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+    ) -> Result<(), String> {
         let deadline = run
             .resource
             .strategy
             .health
             .as_ref()
             .map_or(Duration::from_secs(120), |h| h.deadline.to_std());
-        let until = Instant::now() + deadline;
+        let begin = Instant::now();
+        let mut readdressed = begin;
         loop {
             let report = edge.health().await.map_err(|e| error_chain(&e))?;
             let mut waiting = Vec::new();
@@ -575,13 +582,15 @@ impl Roller<'_> {
                     return Err(format!("the edge has no service {}", service.name));
                 };
                 for name in &run.new {
-                    let healthy = found.backends.iter().any(|b| {
-                        &b.name == name
-                            && b.health == cul8er_proxy::health::HealthStatus::Healthy
-                            && !b.ejected
+                    let backend = found.backends.iter().find(|b| &b.name == name);
+                    let healthy = backend.is_some_and(|b| {
+                        b.health == cul8er_proxy::health::HealthStatus::Healthy && !b.ejected
                     });
                     if !healthy {
-                        waiting.push(format!("{}/{name}", service.name));
+                        let last = backend
+                            .and_then(|b| b.last_check.clone())
+                            .unwrap_or_else(|| "not checked yet".to_owned());
+                        waiting.push(format!("{}/{name} ({last})", service.name));
                     }
                 }
             }
@@ -589,12 +598,22 @@ impl Roller<'_> {
                 self.set_progress(run, "the edge finds every new backend healthy");
                 return Ok(());
             }
-            if Instant::now() >= until {
+            if begin.elapsed() >= deadline {
                 return Err(format!(
                     "the edge's checks did not find {} healthy within {}s",
                     waiting.join(", "),
                     deadline.as_secs()
                 ));
+            }
+            // The instance's own gate passed: a backend the edge still cannot reach
+            // may have taken another lease since its address was read.
+            if readdressed.elapsed() >= Duration::from_secs(5) {
+                readdressed = Instant::now();
+                self.set_progress(
+                    run,
+                    format!("waiting for the edge's checks: {}", waiting.join(", ")),
+                );
+                self.join_edge(run, client, edge).await?;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -713,25 +732,24 @@ impl Roller<'_> {
             );
             return Ended::Done;
         }
-        let until = Instant::now() + delay;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
+        let waited = countdown(
+            delay,
+            Duration::from_secs(10),
+            &self.cancel.graceful,
+            |left| {
+                self.set_progress(
+                    run,
+                    format!("old set removed in {}s (scale-down delay)", left.as_secs()),
+                );
+            },
+        )
+        .await;
+        if waited == PauseEnd::Cancelled {
             self.set_progress(
                 run,
-                format!("old set removed in {}s (scale-down delay)", left.as_secs()),
+                "interrupted during the scale-down delay: the switch stands; the next plan deletes the old set",
             );
-            let tick = left.min(Duration::from_secs(10));
-            tokio::select! {
-                biased;
-                () = self.cancel.graceful.cancelled() => {
-                    self.set_progress(run, "interrupted during the scale-down delay: the switch stands; the next plan deletes the old set");
-                    return Ended::Done;
-                }
-                () = tokio::time::sleep(tick) => {}
-            }
+            return Ended::Done;
         }
         if let Err(problem) = self.retire(run, client, edge, &run.old).await {
             self.set_progress(
@@ -835,6 +853,14 @@ impl Roller<'_> {
             }
             let (canary_weight, stable_weight) =
                 canary_backend_weights(weight, run.new.len(), run.old.len());
+            self.set_progress(
+                run,
+                format!(
+                    "step {}/{}: moving {weight}% of the traffic to the canary",
+                    index + 1,
+                    weights.len()
+                ),
+            );
             let new = &run.new;
             let old = &run.old;
             let applied = self
@@ -1034,7 +1060,15 @@ impl Roller<'_> {
             .weigh_sets(
                 run,
                 edge,
-                |name| old.iter().any(|n| n == name).then_some(1),
+                |name| {
+                    if old.iter().any(|n| n == name) {
+                        Some(1)
+                    } else if run.new.iter().any(|n| n == name) {
+                        Some(0)
+                    } else {
+                        None
+                    }
+                },
                 old,
                 &[],
             )
@@ -1045,7 +1079,17 @@ impl Roller<'_> {
                 "cannot give the serving set its traffic back: {problem}"
             ));
         }
-        if let Err(problem) = self.retire(run, client, edge, &run.new).await {
+        // An old set switched back to is kept as it was (at weight 0, until its
+        // retire-after time); only a set made by this rollout is deleted.
+        let mut made = Vec::new();
+        for name in &run.new {
+            match client.instances().get(name).await {
+                Ok(found) if found.config.contains_key(KEY_RETIRE) => {}
+                Err(e) if e.is_not_found() => {}
+                _ => made.push(name.clone()),
+            }
+        }
+        if let Err(problem) = self.retire(run, client, edge, &made).await {
             problems.push(format!("cannot delete the new set: {problem}"));
         }
         if problems.is_empty() {
