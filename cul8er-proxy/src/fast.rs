@@ -1032,6 +1032,9 @@ enum Sent {
         /// again as it was: the backend had closed it.
         stale: bool,
     },
+    /// The client's request body failed (it left, or its chunks are malformed): not
+    /// the backend's fault.
+    ClientFailed(RelayError),
     TimedOut,
     Cut,
 }
@@ -1166,6 +1169,19 @@ where
                 ));
                 break;
             }
+            Sent::ClientFailed(error) => {
+                // Counted as a request without an answer, but not against the backend.
+                backend.metrics.record_error(elapsed);
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name,
+                    error = %crate::admin::error_chain(&error), "client request body failed"
+                );
+                if let RelayError::Framing(reason) = error {
+                    let message = format!("400 Bad Request: {reason}");
+                    return local_answer(io, StatusCode::BAD_REQUEST, message, false, true).await;
+                }
+                return After::Close;
+            }
             Sent::TimedOut => {
                 backend.metrics.record_error(elapsed);
                 backend.record_outcome(false);
@@ -1291,12 +1307,13 @@ where
             *out = request_out;
             match sent {
                 Some(Ok(())) => {}
-                Some(Err(error)) => {
+                Some(Err(error @ RelayError::Write(_))) => {
                     return Sent::Failed {
                         error: ExchangeError::Body(error),
                         stale: false,
                     };
                 }
+                Some(Err(error)) => return Sent::ClientFailed(error),
                 None => early = true,
             }
         }

@@ -558,3 +558,27 @@ async fn an_early_answer_stops_the_request_body_and_closes_the_client_connection
     assert_eq!(head.field("connection"), Some("close"));
     assert_eq!(client.body(&head, false).await, b"too much");
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_refused_and_not_held_against_the_backend() {
+    let (addr, seen, _tasks) =
+        scripted(|_| (answer("200 OK", "Content-Length: 2\r\n", "ok"), false)).await;
+    let proxy = proxy_to(addr).await;
+    let mut client = Conn::connect(proxy.local_addr("web").unwrap()).await;
+    client
+        .send(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+        )
+        .await;
+    let head = client.head(false).await.unwrap();
+    assert_eq!(head.status, 400);
+    assert_eq!(head.field("connection"), Some("close"));
+    let body = String::from_utf8(client.body(&head, false).await).unwrap();
+    assert!(body.contains("chunk data not followed by CRLF"), "{body}");
+    assert!(client.closes().await);
+    assert!(seen.requests.lock().unwrap().is_empty());
+    let stats = proxy.stats();
+    let backend = stats.backend("app", "s").unwrap();
+    assert_eq!((backend.errors, backend.ejections), (1, 0));
+    assert!(!backend.ejected);
+}
