@@ -44,6 +44,7 @@ impl Drop for Cleanup {
         for profile in [
             cul8er_core::lock::lease_profile(&self.0.topology),
             cul8er_core::rollout::pending::rollout_profile(&self.0.topology),
+            cul8er_core::rollout::pending::pause_profile(&self.0.topology),
         ] {
             incus_quiet(&["profile", "delete", &profile]);
         }
@@ -530,4 +531,195 @@ async fn manual_promotion_ends_paused_and_promote_switches() {
             .collect::<BTreeSet<_>>()
     );
     assert!(!d.plan().await.unwrap().has_changes());
+}
+
+/// The state of the edge's backends: name → weight.
+async fn weights_of(names: &Names) -> BTreeMap<String, u32> {
+    edge_weights(names).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_old_set_rolls_back_at_once_and_ctrl_c_or_pause_stop_a_canary() {
+    let names = names("keep");
+    let _cleanup = Cleanup(names.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let port = names.ports[0];
+    let kept = "strategy blue-green {\n            health http path=\"/health.txt\" port=8080 interval=\"1s\" timeout=\"1s\" retries=2 min-healthy-time=\"1s\" deadline=\"30s\"\n            blue-green promotion=automatic scale-down-delay=\"10m\"\n        }";
+    let v1 = source(&names, "1", false, kept);
+    let (report, events) = apply(&deployment(dir.path(), &v1)).await;
+    assert!(report.outcome.succeeded(), "{events:#?}");
+    let first = web_instances(&names);
+
+    // v2: the old set stays at weight 0 for the scale-down delay.
+    let d = deployment(dir.path(), &source(&names, "2", false, kept));
+    let (report, events) = apply(&d).await;
+    assert!(report.outcome.succeeded(), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("the old set is kept until")),
+        "{events:#?}"
+    );
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    assert_eq!(web_instances(&names).len(), 4);
+    let plan = d.plan().await.unwrap();
+    assert!(!plan.has_changes(), "{plan}");
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| c.action == cul8er_core::plan::Action::Keep && first.contains(&c.name)),
+        "{plan}"
+    );
+    let weights = weights_of(&names).await;
+    assert!(first.iter().all(|n| weights[n] == 0), "{weights:?}");
+
+    // Back to v1 while the old set exists: a switch back, nothing created.
+    let d = deployment(dir.path(), &v1);
+    let plan = d.plan().await.unwrap();
+    let Some(cul8er_core::plan::Target::Set(set)) = plan
+        .changes
+        .iter()
+        .find(|c| c.kind == cul8er_core::plan::ObjectKind::Set)
+        .and_then(|c| c.target.clone())
+    else {
+        panic!("a set change: {plan}");
+    };
+    assert!(set.reuse, "{plan}");
+    let load = Load::start(port);
+    let (report, events) = apply(&d).await;
+    let (answers, failures) = load.finish().await;
+    assert!(report.outcome.succeeded(), "{events:#?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("StepStarted") && e.contains("kind: Instance")),
+        "nothing created: {events:#?}"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        answers.keys().all(|b| b == "web 1" || b == "web 2"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        serving(port, "web 1").await,
+        BTreeSet::from(["web 1".to_owned()])
+    );
+    assert_eq!(web_instances(&names).len(), 4, "the v2 set is kept in turn");
+
+    // A canary interrupted (Ctrl-C) at its first step: back to stable, canary gone.
+    let with_canary = |version: &str| {
+        source(
+            &names,
+            version,
+            false,
+            &canary(r#"analysis max-error-rate="5%" min-requests=5"#),
+        )
+    };
+    let d = deployment(dir.path(), &with_canary("3"));
+    let plan = d.plan().await.unwrap();
+    let cancel = Cancel::new();
+    let events = Mutex::new(Vec::new());
+    let load = Load::start(port);
+    let report = d
+        .apply(&plan, &request(), &cancel, &|e: &ApplyEvent| {
+            let text = format!("{e:?}");
+            if text.contains("step 1/3: 10% to the canary") {
+                cancel.graceful.cancel();
+            }
+            events.lock().unwrap().push(text);
+        })
+        .await
+        .unwrap();
+    let (answers, failures) = load.finish().await;
+    let record = report.rollout.clone().unwrap();
+    assert!(
+        matches!(&record.result, RolloutResult::RolledBack { reason } if reason.contains("cancelled")),
+        "{record:#?}\n{:#?}",
+        events.lock().unwrap()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(answers.contains_key("web 1"), "{answers:?}");
+    assert_eq!(web_instances(&names).len(), 4, "the canary is gone");
+    assert!(d.pending_rollout().await.unwrap().is_none());
+    let weights = weights_of(&names).await;
+    assert_eq!(
+        weights.values().filter(|w| **w > 0).count(),
+        2,
+        "{weights:?}"
+    );
+
+    // `cul8er pause` from elsewhere while the canary runs: paused after its step,
+    // then `resume` finishes it.
+    let d = deployment(dir.path(), &with_canary("3"));
+    let plan = d.plan().await.unwrap();
+    let stepped = Arc::new(AtomicU32::new(0));
+    let flag = Arc::clone(&stepped);
+    let (asked, quiet) = (request(), Cancel::new());
+    let on_event = move |e: &ApplyEvent| {
+        if format!("{e:?}").contains("step 1/3: 10% to the canary") {
+            flag.store(1, Ordering::SeqCst);
+        }
+    };
+    let running = d.apply(&plan, &asked, &quiet, &on_event);
+    let pauser = async {
+        while stepped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        d.pause_rollout(&Holder::current()).await.unwrap()
+    };
+    // The analysis needs traffic to judge the step.
+    let load = Load::start(port);
+    let (report, requested) = tokio::join!(running, pauser);
+    assert!(
+        matches!(
+            requested,
+            cul8er_core::rollout::pending::PauseOutcome::Requested(_)
+        ),
+        "{requested:?}"
+    );
+    let record = report.unwrap().rollout.unwrap();
+    assert!(
+        matches!(&record.result, RolloutResult::Paused { reason, .. } if reason.contains("pause requested")),
+        "{record:#?}"
+    );
+    let paused = d.pending_rollout().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            paused.phase,
+            cul8er_core::rollout::pending::Phase::PausedAtStep {
+                index: 0,
+                weight: 10
+            }
+        ),
+        "{paused:#?}"
+    );
+    let resumed = d
+        .continue_rollout(
+            Continue::Resume,
+            &Holder::current(),
+            &Cancel::new(),
+            &|_: &ApplyEvent| {},
+        )
+        .await
+        .unwrap();
+    let (answers, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        answers.keys().all(|b| b == "web 1" || b == "web 3"),
+        "{answers:?}"
+    );
+    assert_eq!(resumed.rollout.unwrap().result, RolloutResult::Succeeded);
+    assert_eq!(
+        serving(port, "web 3").await,
+        BTreeSet::from(["web 3".to_owned()])
+    );
+    assert!(d.pending_rollout().await.unwrap().is_none());
+    let now = web_instances(&names);
+    assert!(
+        now.iter().all(|n| !first.contains(n)),
+        "the set the canary replaced is gone: {now:?}"
+    );
 }

@@ -450,7 +450,12 @@ impl Roller<'_> {
                 kind: ObjectKind::Instance,
                 name: instance.name.clone(),
                 resource: Some(run.resource.name.clone()),
-                action: Action::Create,
+                // A kept old set switched back to is gated as it stands.
+                action: if set.reuse {
+                    Action::Keep
+                } else {
+                    Action::Create
+                },
                 drift: false,
                 restart: false,
                 start: false,
