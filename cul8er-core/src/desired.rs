@@ -289,7 +289,7 @@ pub fn desire(topology: &Topology, options: &DesireOptions) -> Result<Desired, D
                         ("type", "proxy"),
                         (
                             "listen",
-                            &format!("tcp:{}:{}", options.expose_address, expose.public),
+                            &listen_on(expose.address, &options.expose_address, expose.public),
                         ),
                         ("connect", &format!("tcp:127.0.0.1:{}", expose.port)),
                     ]),
@@ -483,6 +483,15 @@ pub(crate) fn spec_hash(value: &impl Serialize) -> String {
     hex::encode(&digest[..8])
 }
 
+/// The `listen=` of a proxy device publishing `port` on `address`, or on `default`
+/// (the deployment's, 127.0.0.1) when the topology names none.
+pub(crate) fn listen_on(address: Option<std::net::IpAddr>, default: &str, port: u16) -> String {
+    match address {
+        Some(ip) => format!("tcp:{}", std::net::SocketAddr::new(ip, port)),
+        None => format!("tcp:{default}:{port}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +527,25 @@ mod tests {
         assert_eq!(db.config[KEY_TOPOLOGY], "t");
         assert_eq!(db.config[KEY_SPEC], db.spec);
         assert!(d.notes.is_empty());
+    }
+
+    #[test]
+    fn an_expose_address_publishes_on_that_address_and_the_default_stays_loopback() {
+        let t = load(
+            r#"topology t { network n subnet="10.9.0.1/24" nat=#false
+               resource db { image "cul8er-busybox"; network n { expose 5432 public=15432 address="0.0.0.0"; expose 6432 public=16432 address="::1"; expose 7432 public=17432; }; }
+               resource web { image "cul8er-busybox"; replicas 2; network n { expose 8080 public=18080 protocol=http address="192.0.2.10"; }; }; }"#,
+        );
+        let d = desire(&t, &with_binary()).unwrap();
+        let db = d.instances.iter().find(|i| i.name == "t-db-1").unwrap();
+        assert_eq!(db.devices["expose-15432"]["listen"], "tcp:0.0.0.0:15432");
+        assert_eq!(db.devices["expose-16432"]["listen"], "tcp:[::1]:16432");
+        assert_eq!(db.devices["expose-17432"]["listen"], "tcp:127.0.0.1:17432");
+        let edge = d.instances.iter().find(|i| i.name == "t-edge").unwrap();
+        assert_eq!(
+            edge.devices["publish-18080"]["listen"],
+            "tcp:192.0.2.10:18080"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub(crate) struct EdgeCollector {
 struct HostEdge {
     networks: BTreeSet<String>,
     listeners: BTreeMap<u16, EdgeListener>,
+    /// The host address each public port is published on (`None`: the default).
+    addresses: BTreeMap<u16, Option<std::net::IpAddr>>,
     services: Vec<EdgeService>,
 }
 
@@ -107,6 +109,10 @@ impl EdgeCollector {
                     routes: Vec::new(),
                 });
             listener.routes.push((expose.hostname.clone(), name));
+            // Resources sharing a port share its address (the topology check).
+            host.addresses
+                .entry(expose.public)
+                .or_insert(expose.address);
         }
     }
 
@@ -188,7 +194,14 @@ fn edge_instance(
             format!("publish-{port}"),
             map([
                 ("type", "proxy"),
-                ("listen", &format!("tcp:{}:{port}", options.expose_address)),
+                (
+                    "listen",
+                    &crate::desired::listen_on(
+                        edge.addresses.get(port).copied().flatten(),
+                        &options.expose_address,
+                        *port,
+                    ),
+                ),
                 ("connect", &format!("tcp:127.0.0.1:{port}")),
                 ("proxy_protocol", "true"),
             ]),

@@ -256,7 +256,15 @@ impl Expose {
             public,
             protocol,
             hostname: None,
+            address: None,
         }
+    }
+
+    /// Publishes the port on the host address `address` instead of 127.0.0.1.
+    #[must_use]
+    pub fn address(mut self, address: std::net::IpAddr) -> Self {
+        self.address = Some(address);
+        self
     }
 
     /// Routes HTTP/HTTPS traffic by host name.

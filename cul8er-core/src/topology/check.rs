@@ -409,6 +409,7 @@ impl Checker<'_> {
             resource: &'a str,
             protocol: Protocol,
             hostname: Option<&'a str>,
+            address: Option<std::net::IpAddr>,
             at: (usize, usize, usize),
         }
         let mut taken: HashMap<(&str, u16), Vec<Taken<'_>>> = HashMap::new();
@@ -427,11 +428,20 @@ impl Checker<'_> {
                             || other.hostname.is_none()
                             || expose.hostname.is_none()
                             || other.hostname == expose.hostname.as_deref()
+                            // One port, one listener: shared, it has one address.
+                            || other.address != expose.address
                     });
                     if let Some(other) = clash {
                         let both_http = other.protocol.routes_by_hostname()
                             && expose.protocol.routes_by_hostname();
-                        let help = if both_http && other.protocol == expose.protocol {
+                        let shared_but_for_address = other.protocol.routes_by_hostname()
+                            && other.protocol == expose.protocol
+                            && other.hostname.is_some()
+                            && expose.hostname.is_some()
+                            && other.hostname != expose.hostname.as_deref();
+                        let help = if shared_but_for_address {
+                            "resources that share a public port publish it on one address: give them the same `address=`, or use another public port".to_owned()
+                        } else if both_http && other.protocol == expose.protocol {
                             "HTTP and HTTPS services can share a public port when each has its own `hostname=`: give them different host names, or use another public port".to_owned()
                         } else {
                             format!(
@@ -467,6 +477,7 @@ impl Checker<'_> {
                         resource: &resource.name,
                         protocol: expose.protocol,
                         hostname: expose.hostname.as_deref(),
+                        address: expose.address,
                         at: (index, n, e),
                     });
                 }

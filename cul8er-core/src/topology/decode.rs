@@ -1173,7 +1173,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn expose(&mut self, node: &RawNode) -> Option<Expose> {
-        self.props(node, &["public", "protocol", "hostname"]);
+        self.props(node, &["public", "protocol", "hostname", "address"]);
         self.no_children(node);
         let port = self
             .args(
@@ -1225,11 +1225,32 @@ impl<'a> Decoder<'a> {
             }
             None => None,
         };
+        let address = match Self::prop(node, "address") {
+            Some(entry) => {
+                let text = self.string(entry)?;
+                match text.parse::<std::net::IpAddr>() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        self.push(
+                            Problem::new(
+                                ProblemKind::InvalidValue,
+                                format!("`{text}` is not an IP address"),
+                            )
+                            .at(Some(entry.span), "invalid address")
+                            .help("the host address to publish on, e.g. \"0.0.0.0\" (every IPv4 address), \"192.0.2.10\" or \"::1\"; leave it out for 127.0.0.1"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         Some(Expose {
             port,
             public,
             protocol,
             hostname,
+            address,
         })
     }
 

@@ -319,6 +319,10 @@ pub struct Expose {
     /// The host name HTTP/HTTPS traffic is routed by; lets several resources share a
     /// public port.
     pub hostname: Option<String>,
+    /// The host address the public port listens on (`address="0.0.0.0"`); `None`
+    /// publishes it on the deployment's default, 127.0.0.1 (loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// The protocol of an exposed port.
