@@ -40,6 +40,9 @@ pub(crate) struct Backend {
     pub(crate) metrics: BackendMetrics,
     /// Cancelled when a removed backend's drain timeout runs out: cuts what is in flight.
     pub(crate) cut: CancellationToken,
+    /// Children of `cut`, one per worker thread, so that workers waiting on it do not
+    /// share its lock.
+    worker_cuts: Box<[CancellationToken]>,
     cut_flag: AtomicBool,
     removed: AtomicBool,
     idle: Notify,
@@ -66,7 +69,11 @@ impl Backend {
             .to_string()
             .parse()
             .expect("a socket address is an authority");
+        let cut = CancellationToken::new();
+        let worker_cuts = (0..workers.max(1)).map(|_| cut.child_token()).collect();
         Self {
+            cut,
+            worker_cuts,
             service: service.to_owned(),
             name: name.to_owned(),
             address,
@@ -80,7 +87,6 @@ impl Backend {
             failing: AtomicBool::new(false),
             ejector: Mutex::new(PassiveEjector::new(passive)),
             metrics: BackendMetrics::new(workers),
-            cut: CancellationToken::new(),
             cut_flag: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             idle: Notify::new(),
@@ -198,6 +204,11 @@ impl Backend {
     pub(crate) fn cut_now(&self) {
         self.cut_flag.store(true, Relaxed);
         self.cut.cancel();
+    }
+
+    /// The calling worker's view of `cut`.
+    pub(crate) fn worker_cut(&self) -> &CancellationToken {
+        &self.worker_cuts[crate::workers::worker_index() % self.worker_cuts.len()]
     }
 
     /// Whether [`Backend::cut_now`] ran; a lock-free check for the request path.

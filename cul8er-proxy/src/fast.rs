@@ -1112,7 +1112,7 @@ where
         header_timer
             .as_mut()
             .reset(started + timeouts.response_headers);
-        let mut cut = pin!(backend.cut.cancelled());
+        let mut cut = pin!(backend.worker_cut().cancelled());
         let mut moves = 0;
         let sent = loop {
             let sent = send(

@@ -46,6 +46,15 @@ pub(crate) async fn run_listener(
     // `kill` ends those still open when the grace period is over.
     let tracker = TaskTracker::new();
     let kill = CancellationToken::new();
+    // Each worker watches its own child tokens: a token is a mutex, polled on every
+    // wake of every connection, and one shared by all workers would bounce between
+    // their cores.
+    let children = |token: &CancellationToken| -> Vec<CancellationToken> {
+        let count = workers.as_ref().map_or(0, |pool| pool.len());
+        (0..count).map(|_| token.child_token()).collect()
+    };
+    let (worker_stop, worker_kill) = (children(&stop), children(&kill));
+    let mut next_worker = 0_usize;
     let mut inline = JoinSet::new();
     loop {
         tokio::select! {
@@ -67,7 +76,11 @@ pub(crate) async fn run_listener(
                         }
                         Some(pool) => {
                             let Ok(stream) = stream.into_std() else { continue };
-                            pool.dispatch(Box::new(move || {
+                            let worker = next_worker % pool.len();
+                            next_worker = next_worker.wrapping_add(1);
+                            let stop = worker_stop[worker].clone();
+                            let kill = worker_kill[worker].clone();
+                            pool.dispatch_to(worker, Box::new(move || {
                                 Box::pin(async move {
                                     let _token = token;
                                     let Ok(stream) = TcpStream::from_std(stream) else { return };

@@ -10,7 +10,6 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -32,7 +31,6 @@ pub(crate) fn worker_index() -> usize {
 #[derive(Debug)]
 pub(crate) struct WorkerPool {
     senders: Vec<mpsc::UnboundedSender<Job>>,
-    next: AtomicUsize,
 }
 
 impl WorkerPool {
@@ -63,10 +61,7 @@ impl WorkerPool {
                 })?;
             senders.push(sender);
         }
-        Ok(Self {
-            senders,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Self { senders })
     }
 
     /// How many workers there are.
@@ -74,9 +69,9 @@ impl WorkerPool {
         self.senders.len()
     }
 
-    /// Hands a job to the next worker, round-robin.
-    pub(crate) fn dispatch(&self, job: Job) {
-        let index = self.next.fetch_add(1, Relaxed) % self.senders.len();
+    /// Hands a job to worker `index` (modulo the count).
+    pub(crate) fn dispatch_to(&self, index: usize, job: Job) {
+        let index = index % self.senders.len();
         if self.senders[index].send(job).is_err() {
             tracing::error!(
                 worker = index,
