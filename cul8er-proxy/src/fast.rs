@@ -56,8 +56,10 @@ const MAX_REQUEST_HEADERS: usize = 64;
 const MAX_RESPONSE_HEADERS: usize = 100;
 /// How far a backend's response head may grow its buffer.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// The longest chunk-size line (with extensions) and trailer section relayed.
+/// The longest chunk-size line (with extensions), trailer line and trailer section
+/// relayed. A line is checked whole before it is relayed, so it must fit a buffer.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILER_LINE: usize = 8 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// How often a request whose pooled connection turned out closed moves to another.
 const MAX_STALE_MOVES: usize = 3;
@@ -831,40 +833,31 @@ enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data; the count of its bytes seen.
     DataEnd(u8),
-    /// The trailer section: bytes in the current line, the last byte, bytes in all.
-    Trailers {
-        line: usize,
-        last: u8,
-        total: usize,
-    },
+    /// The trailer section, with the count of its bytes so far.
+    Trailers(usize),
     Done,
 }
 
 impl Chunk {
-    /// Walks `bytes`; returns how many belong to the body (all up to its end).
+    /// Walks `bytes`; returns how many belong to the body (all up to its end). A line
+    /// (chunk size or trailer field) is taken only whole, after it has been checked, so
+    /// that what is relayed is exactly what was checked.
     fn advance(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
         let mut at = 0;
         while at < bytes.len() {
             match *self {
-                Self::Size => match httparse::parse_chunk_size(&bytes[at..]) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        at += used;
-                        *self = if size == 0 {
-                            Self::Trailers {
-                                line: 0,
-                                last: 0,
-                                total: 0,
-                            }
-                        } else {
-                            Self::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if bytes.len() - at > MAX_CHUNK_LINE => {
-                        return Err("a chunk-size line too long");
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(at),
-                    Err(_) => return Err("an invalid chunk size"),
-                },
+                Self::Size => {
+                    let Some(line) = crlf_line(&bytes[at..], MAX_CHUNK_LINE)? else {
+                        return Ok(at);
+                    };
+                    let size = chunk_size(line)?;
+                    at += line.len() + 2;
+                    *self = if size == 0 {
+                        Self::Trailers(0)
+                    } else {
+                        Self::Data(size)
+                    };
+                }
                 Self::Data(left) => {
                     let take = usize::try_from(left)
                         .unwrap_or(usize::MAX)
@@ -889,34 +882,138 @@ impl Chunk {
                         Self::Size
                     };
                 }
-                Self::Trailers { line, last, total } => {
-                    let byte = bytes[at];
-                    at += 1;
-                    if total + 1 > MAX_TRAILERS {
+                Self::Trailers(total) => {
+                    let Some(line) = crlf_line(&bytes[at..], MAX_TRAILER_LINE)? else {
+                        return Ok(at);
+                    };
+                    let total = total + line.len() + 2;
+                    if total > MAX_TRAILERS {
                         return Err("a trailer section too large");
                     }
-                    *self = if byte == b'\n' {
-                        if line == 0 || (line == 1 && last == b'\r') {
-                            Self::Done
-                        } else {
-                            Self::Trailers {
-                                line: 0,
-                                last: byte,
-                                total: total + 1,
-                            }
-                        }
+                    at += line.len() + 2;
+                    *self = if line.is_empty() {
+                        Self::Done
                     } else {
-                        Self::Trailers {
-                            line: line + 1,
-                            last: byte,
-                            total: total + 1,
-                        }
+                        trailer_field(line)?;
+                        Self::Trailers(total)
                     };
                 }
                 Self::Done => return Ok(at),
             }
         }
         Ok(at)
+    }
+}
+
+/// The line at the start of `bytes` without its CRLF, once it is all there; `None`
+/// while it is not. A bare LF ends nothing: it is an error, as is a line longer than
+/// `max`.
+fn crlf_line(bytes: &[u8], max: usize) -> Result<Option<&[u8]>, &'static str> {
+    let window = &bytes[..bytes.len().min(max + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && window[end - 1] == b'\r' => Ok(Some(&window[..end - 1])),
+        Some(_) => Err("a line ended by a bare LF"),
+        None if window.len() > max + 1 => Err("a line too long"),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line (RFC 9112 section 7.1): 1 to 16 hex digits, then extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("a chunk size without digits");
+    }
+    if digits > 16 {
+        return Err("a chunk size too large");
+    }
+    let size = line[..digits].iter().fold(0_u64, |n, &d| {
+        (n << 4) | u64::from(char::from(d).to_digit(16).unwrap_or(0))
+    });
+    chunk_extensions(&line[digits..])?;
+    Ok(size)
+}
+
+/// `*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`, with white
+/// space also allowed at the end, as most servers do.
+fn chunk_extensions(mut rest: &[u8]) -> Result<(), &'static str> {
+    const INVALID: &str = "an invalid chunk extension";
+    loop {
+        rest = skip_blanks(rest);
+        let [b';', after @ ..] = rest else {
+            return if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(INVALID)
+            };
+        };
+        rest = skip_blanks(after);
+        let name = token_length(rest);
+        if name == 0 {
+            return Err(INVALID);
+        }
+        rest = skip_blanks(&rest[name..]);
+        if let [b'=', after @ ..] = rest {
+            rest = skip_blanks(after);
+            let value = match rest.first() {
+                Some(b'"') => quoted_string_length(rest).ok_or(INVALID)?,
+                _ => token_length(rest),
+            };
+            if value == 0 {
+                return Err(INVALID);
+            }
+            rest = &rest[value..];
+        }
+    }
+}
+
+/// `bytes` after their leading spaces and tabs (and nothing else: CR is no blank).
+fn skip_blanks(bytes: &[u8]) -> &[u8] {
+    let blanks = bytes
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    &bytes[blanks..]
+}
+
+/// Whether `byte` is a `tchar` (RFC 9110 section 5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// The length of the token at the start of `bytes`.
+fn token_length(bytes: &[u8]) -> usize {
+    bytes.iter().take_while(|&&b| is_tchar(b)).count()
+}
+
+/// The length of the quoted-string at the start of `bytes` (RFC 9110 section
+/// 5.6.4); `None` when it is unterminated or holds a control character.
+fn quoted_string_length(bytes: &[u8]) -> Option<usize> {
+    let mut at = 1;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'"' => return Some(at + 1),
+            b'\\' if bytes.get(at + 1).is_some_and(|&b| is_field_byte(b)) => at += 2,
+            b'\\' => return None,
+            _ if is_field_byte(byte) => at += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Whether `byte` may appear in a field value: HTAB, SP, VCHAR or obs-text.
+fn is_field_byte(byte: u8) -> bool {
+    byte == b'\t' || (byte >= 0x20 && byte != 0x7f)
+}
+
+/// A trailer field line: `token ":" OWS field-value OWS`, without control characters
+/// (so no obs-fold either).
+fn trailer_field(line: &[u8]) -> Result<(), &'static str> {
+    let name = token_length(line);
+    match line.get(name) {
+        Some(b':') if name > 0 && line[name + 1..].iter().all(|&b| is_field_byte(b)) => Ok(()),
+        _ => Err("an invalid trailer field"),
     }
 }
 
@@ -935,14 +1032,23 @@ enum RelayError {
     Cut,
 }
 
+/// Which side a relay waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Source,
+    Sink,
+}
+
 /// Relays a body from `source` (bytes already read in `buffer`) to `sink`, after the
 /// bytes already in `out` (a head); leaves in `buffer` whatever follows the body.
+/// `waiting` tells, when the relay is stopped from outside, which side held it up.
 async fn relay<R, W>(
     source: &mut R,
     buffer: &mut Buffer,
     framing: Framing,
     sink: &mut W,
     out: &mut Vec<u8>,
+    waiting: &mut Waiting,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -955,6 +1061,7 @@ where
     let mut chunk = Chunk::Size;
     loop {
         let available = buffer.bytes();
+        *waiting = Waiting::Sink;
         let (take, done) = match framing {
             Framing::None => (0, true),
             Framing::Length(_) => {
@@ -987,6 +1094,7 @@ where
             return Ok(());
         }
         sink.flush().await.map_err(RelayError::Write)?;
+        *waiting = Waiting::Source;
         match buffer.fill(source).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) => return Err(RelayError::Truncated),
@@ -1035,6 +1143,9 @@ enum Sent {
     /// The client's request body failed (it left, or its chunks are malformed): not
     /// the backend's fault.
     ClientFailed(RelayError),
+    /// The deadline passed while the client's body was awaited: not the backend's
+    /// fault either.
+    ClientTimedOut,
     TimedOut,
     Cut,
 }
@@ -1177,7 +1288,8 @@ where
                     error = %crate::admin::error_chain(&error), "client request body failed"
                 );
                 if let RelayError::Framing(reason) = error {
-                    let message = format!("400 Bad Request: {reason}");
+                    let message =
+                        format!("400 Bad Request: the request body is malformed: {reason}");
                     return local_answer(io, StatusCode::BAD_REQUEST, message, false, true).await;
                 }
                 return After::Close;
@@ -1199,6 +1311,15 @@ where
                 )
                 .await;
             }
+            Sent::ClientTimedOut => {
+                // As ClientFailed: counted, but not against the backend.
+                backend.metrics.record_error(elapsed);
+                let message = format!(
+                    "408 Request Timeout: the request body did not arrive within {}",
+                    crate::config::format_duration(timeouts.response_headers)
+                );
+                return local_answer(io, StatusCode::REQUEST_TIMEOUT, message, false, true).await;
+            }
             Sent::Cut => {
                 backend.metrics.record_error(elapsed);
                 let message = format!("502 Bad Gateway: {DRAIN_CUT}");
@@ -1213,9 +1334,10 @@ where
         }
         backend_buffer.consume(response.length);
         let mut out = response.out;
+        let mut waiting = Waiting::Sink;
         let relayed = tokio::select! {
             biased;
-            relayed = relay(&mut stream, &mut backend_buffer, response.framing, io, &mut out) => relayed,
+            relayed = relay(&mut stream, &mut backend_buffer, response.framing, io, &mut out, &mut waiting) => relayed,
             () = cut.as_mut() => Err(RelayError::Cut),
         };
         drop(guard);
@@ -1284,6 +1406,8 @@ async fn send<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    // Which side the exchange waits on: the client only while its body is relayed.
+    let mut waiting = Waiting::Sink;
     let exchange = async {
         let mut early = false;
         if body_read {
@@ -1295,16 +1419,33 @@ where
             }
         } else {
             // The body streams from the client. A backend may answer before it has
-            // read it all (and stop reading): its first byte stops the relay.
+            // read it all (and stop reading): a final response head stops the relay,
+            // an interim (1xx) one is skipped and the relay goes on.
             let mut request_out = std::mem::take(out);
             let (mut reader, mut writer) = stream.split();
-            let mut probe = [0_u8; 1];
-            let sent = tokio::select! {
-                biased;
-                sent = relay(io, buffer, framing, &mut writer, &mut request_out) => Some(sent),
-                _ = reader.peek(&mut probe) => None,
+            let sent = {
+                let mut body = pin!(relay(
+                    io,
+                    buffer,
+                    framing,
+                    &mut writer,
+                    &mut request_out,
+                    &mut waiting
+                ));
+                loop {
+                    tokio::select! {
+                        biased;
+                        sent = body.as_mut() => break Some(sent),
+                        read = backend_buffer.fill(&mut reader) => {
+                            if !matches!(read, Ok(n) if n > 0) || answered(backend_buffer) {
+                                break None;
+                            }
+                        }
+                    }
+                }
             };
             *out = request_out;
+            waiting = Waiting::Sink;
             match sent {
                 Some(Ok(())) => {}
                 Some(Err(error @ RelayError::Write(_))) => {
@@ -1326,11 +1467,27 @@ where
             },
         }
     };
-    tokio::select! {
+    let sent = tokio::select! {
         biased;
         sent = exchange => sent,
         () = header_timer => Sent::TimedOut,
         () = cut => Sent::Cut,
+    };
+    match sent {
+        Sent::TimedOut if waiting == Waiting::Source => Sent::ClientTimedOut,
+        sent => sent,
+    }
+}
+
+/// Drops the complete 1xx heads at the start of `buffer`; true when what follows is
+/// not one: a final head, or bytes that are no head.
+fn answered(buffer: &mut Buffer) -> bool {
+    loop {
+        match parse_response(buffer.bytes(), false, true) {
+            Ok(Some(ParsedResponse::Interim(length))) => buffer.consume(length),
+            Ok(None) => return false,
+            Ok(Some(ParsedResponse::Final(_))) | Err(_) => return true,
+        }
     }
 }
 
@@ -1580,7 +1737,61 @@ mod tests {
         assert_eq!((taken, chunk), (end, Chunk::Done));
         let mut chunk = Chunk::Size;
         assert!(chunk.advance(b"4\r\nWikiXX").is_err());
+    }
+
+    #[test]
+    fn chunk_lines_are_read_strictly() {
+        let refused: [&[u8]; 14] = [
+            b"zz\r\n",
+            b";x\r\n",
+            b"\r\n",
+            b"5;\nxxxxx\r\n",
+            b"5\nxxxxx\r\n",
+            b"5\rx\r\n",
+            b"10000000000000000\r\n",
+            b"5;\r\n",
+            b"5;a=\r\n",
+            b"5;a=\"b\r\n",
+            b"5;a=\"b\x01\"\r\n",
+            b"5;a\x7f\r\n",
+            b"0\r\n\n",
+            b"0\r\nx-sum 1\r\n\r\n",
+        ];
+        for bytes in refused {
+            let mut chunk = Chunk::Size;
+            assert!(
+                chunk.advance(bytes).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bytes in [
+            &b"0\r\n x: 1\r\n\r\n"[..],
+            b"0\r\nx:\x00\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+        ] {
+            assert!(Chunk::Size.advance(bytes).is_err());
+        }
+        let accepted: [&[u8]; 5] = [
+            b"0\r\n\r\n",
+            b"000A\r\n0123456789\r\n0\r\n\r\n",
+            b"1 ;a ; b = c;d=\"e \\\" f\"\r\nx\r\n0\r\n\r\n",
+            b"1  \r\nx\r\n0\r\nx-sum:1\r\ny: a b \r\n\r\n",
+            b"ffffffffffffffff\r\n",
+        ];
+        for bytes in accepted {
+            let mut chunk = Chunk::Size;
+            assert_eq!(
+                chunk.advance(bytes),
+                Ok(bytes.len()),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // A line is taken only once it is whole, and a too long one is refused early.
         let mut chunk = Chunk::Size;
-        assert!(chunk.advance(b"zz\r\n").is_err());
+        assert_eq!(chunk.advance(b"5;a=b"), Ok(0));
+        let long = vec![b'0'; MAX_CHUNK_LINE + 2];
+        assert!(Chunk::Size.advance(&long).is_err());
     }
 }

@@ -1,0 +1,311 @@
+//! Request smuggling and header spoofing, end to end on loopback, on both paths: the
+//! fast path (plain keep-alive HTTP/1.1) and the general one (hyper; reached here by
+//! HTTP/1.0 or an `Upgrade` field that upgrades nothing). A raw backend records every
+//! byte it receives; a raw client reads every byte it is sent, to the close.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests await every task they spawn"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// Guards against a hang only; no test depends on it.
+const HANG: Duration = Duration::from_secs(30);
+
+/// What a raw backend received, all connections together.
+type Received = Arc<Mutex<Vec<u8>>>;
+
+/// The end of the complete request at the start of `bytes`, when it is there: its
+/// head, then a `Content-Length` body or a chunked one to the end of its trailers.
+fn request_end(bytes: &[u8]) -> Option<usize> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(head)) = request.parse(bytes) else {
+        return None;
+    };
+    let field = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| String::from_utf8_lossy(f.value).to_ascii_lowercase())
+    };
+    if field("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        // The last chunk starts a line, and an empty line ends the trailers after it.
+        let rest = &bytes[head..];
+        let last = (0..rest.len()).find(|&at| {
+            rest[at..].starts_with(b"0\r\n") && (at == 0 || rest[..at].ends_with(b"\r\n"))
+        })?;
+        let end = rest[last + 1..].windows(4).position(|w| w == b"\r\n\r\n")?;
+        return Some(head + last + 1 + end + 4);
+    }
+    let length: usize = field("content-length").map_or(0, |v| v.parse().unwrap());
+    (bytes.len() >= head + length).then_some(head + length)
+}
+
+/// A backend that records what it receives and sends `answer` after each complete
+/// request, keeping the connection open.
+async fn recording(answer: &'static [u8]) -> (SocketAddr, Received, JoinSet<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let mut tasks = JoinSet::new();
+    let all = received.clone();
+    tasks.spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let all = all.clone();
+            connections.spawn(async move {
+                let mut pending = Vec::new();
+                let mut chunk = [0_u8; 8192];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    all.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    pending.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = request_end(&pending) {
+                        pending.drain(..end);
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, received, tasks)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+async fn proxy_to(addr: SocketAddr) -> cul8er_proxy::Proxy {
+    let config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n"
+    ));
+    start(config).await.0
+}
+
+/// Sends `bytes` on a new connection and returns all that comes back, to the close.
+async fn send(proxy: &cul8er_proxy::Proxy, bytes: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    client.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANG, client.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the proxy kept the connection open: {answer:?}"
+    );
+    answer
+}
+
+/// The responses in `bytes`: status and body, each framed by its `Content-Length`.
+fn responses(mut bytes: &[u8]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut fields);
+        let httparse::Status::Complete(head) = response.parse(bytes).unwrap() else {
+            panic!(
+                "a partial response head: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        };
+        let length: usize = response
+            .headers
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+            .map(|f| std::str::from_utf8(f.value).unwrap().parse().unwrap())
+            .unwrap_or_else(|| panic!("no Content-Length: {:?}", String::from_utf8_lossy(bytes)));
+        let body = String::from_utf8_lossy(&bytes[head..head + length]).into_owned();
+        out.push((response.code.unwrap(), body));
+        bytes = &bytes[head + length..];
+    }
+    out
+}
+
+fn status(answer: &[u8]) -> u16 {
+    responses(answer).first().map_or(0, |(status, _)| *status)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Chunked request bodies whose lines a backend could read otherwise than the proxy:
+/// each is refused with 400 and nothing of it reaches the backend. (The general path
+/// decodes and encodes bodies again, so its backend never sees the client's lines.)
+#[tokio::test]
+async fn chunk_lines_a_backend_could_read_differently_are_refused() {
+    let (addr, received, _tasks) = recording(OK).await;
+    let proxy = proxy_to(addr).await;
+    // The review's reproducer: to a backend ending lines at LF, the chunk data holds a
+    // second request.
+    let smuggled = b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n";
+    let mut lf_extension = format!("{:x};\n", smuggled.len()).into_bytes();
+    lf_extension.extend(std::iter::repeat_n(b'x', smuggled.len()));
+    lf_extension.extend_from_slice(b"\r\n");
+    lf_extension.extend_from_slice(smuggled);
+    lf_extension.extend_from_slice(b"\r\n0\r\n\r\n");
+    let bodies: [&[u8]; 9] = [
+        &lf_extension,
+        b";x\r\n\r\n",
+        b"1\r\nx\r\n0\r\n\n",
+        b"1\nx\r\n0\r\n\r\n",
+        b"1;a=\"b\x01\"\r\nx\r\n0\r\n\r\n",
+        b"1;a\x7f\r\nx\r\n0\r\n\r\n",
+        b"1\rx\r\nx\r\n0\r\n\r\n",
+        b"10000000000000000\r\n",
+        b"1\r\nx\r\n0\r\nx-sum 1\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut request =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let answer = send(&proxy, &request).await;
+        assert_eq!(status(&answer), 400, "{}: {}", text(body), text(&answer));
+        // Nothing went on: the line was refused before a byte was relayed.
+        let got = text(&received.lock().unwrap());
+        assert!(got.is_empty(), "{}: {got:?}", text(body));
+    }
+    // Well-formed extensions and trailers still pass, byte for byte.
+    let body = b"3;a=b ; c=\"d e\\\"\"\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n";
+    let mut request =
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(body);
+    let answer = send(&proxy, &request).await;
+    assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+    assert!(received.lock().unwrap().ends_with(body));
+}
+
+/// Sends `bytes`, closes the sending side and returns all that comes back.
+async fn send_and_stop(proxy: &cul8er_proxy::Proxy, bytes: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    client.write_all(bytes).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANG, client.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the proxy kept the connection open: {answer:?}"
+    );
+    answer
+}
+
+/// Request bodies the client gets wrong (malformed, or cut short) are answered without
+/// counting against the backend: more of them than passive ejection allows leave it
+/// in rotation, and the next request is served.
+#[tokio::test]
+async fn client_body_errors_do_not_eject_the_backend() {
+    let (addr, _received, _tasks) = recording(OK).await;
+    let proxy = proxy_to(addr).await;
+    for _ in 0..6 {
+        let answer = send(
+            &proxy,
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        )
+        .await;
+        assert_eq!(status(&answer), 400, "{}", text(&answer));
+        assert!(text(&answer).contains("the request body is malformed"));
+        let answer = send_and_stop(
+            &proxy,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        .await;
+        assert!(answer.is_empty(), "{}", text(&answer));
+    }
+    let answer = send(
+        &proxy,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+    let stats = proxy.stats();
+    let backend = stats.backend("app", "s").unwrap();
+    // Counted as requests without an answer, but never against the backend.
+    assert_eq!((backend.ejections, backend.ejected), (0, false));
+}
+
+/// A backend that sends `100 Continue` unasked while the request body still comes
+/// gets the whole body, and the client the final answer.
+#[tokio::test]
+async fn an_unasked_interim_answer_does_not_stop_the_request_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let continued = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = JoinSet::new();
+    let notify = continued.clone();
+    tasks.spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let mut chunk = [0_u8; 8192];
+        let mut continue_sent = false;
+        while request_end(&received).is_none() {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early: {}", text(&received));
+            received.extend_from_slice(&chunk[..n]);
+            if !continue_sent && received.windows(4).any(|w| w == b"\r\n\r\n") {
+                stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .unwrap();
+                continue_sent = true;
+                notify.notify_one();
+            }
+        }
+        assert!(
+            received.ends_with(b"\r\n\r\nabcdefghij"),
+            "{}",
+            text(&received)
+        );
+        stream.write_all(OK).await.unwrap();
+    });
+    let config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n\
+         timeouts = {{ response_headers = \"5s\" }}\n"
+    ));
+    let (proxy, _) = start(config).await;
+    let mut client = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    continued.notified().await;
+    // Lets the proxy read the interim answer before the rest of the body comes.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    client.write_all(b"defghij").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(HANG, client.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+    tasks.join_next().await.unwrap().unwrap();
+}
