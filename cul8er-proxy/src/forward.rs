@@ -100,15 +100,55 @@ pub(crate) fn refused(backend: &Backend) -> String {
     )
 }
 
+/// How an exchange with a backend failed.
+enum Failure {
+    /// The request never reached the backend, so it may go to another.
+    Connect(String),
+    /// Reading the client's request body failed: not the backend's doing.
+    ClientBody(String),
+    /// The backend failed the exchange.
+    Backend(String),
+}
+
+impl Failure {
+    fn new(error: &(dyn std::error::Error + 'static), connect: bool) -> Self {
+        let text = crate::admin::error_chain(error);
+        if connect {
+            Self::Connect(text)
+        } else if client_body_failed(error) {
+            Self::ClientBody(text)
+        } else {
+            Self::Backend(text)
+        }
+    }
+}
+
+/// Whether `error` comes from reading the client's request body: hyper reports it as
+/// an error of the body it was given to send, caused by the client connection's own.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_user()
+            && error
+                .source()
+                .is_some_and(|cause| cause.is::<hyper::Error>())
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// Sends one request to one backend: HTTP/1.1 on the connection taken from the
-/// worker's pool, HTTP/2 through the multiplexing client. The error says whether the
-/// request never reached the backend.
+/// worker's pool, HTTP/2 through the multiplexing client.
 async fn exchange(
     service: &ServiceRuntime,
     backend: &Backend,
     connection: Option<SendRequest<UpstreamBody>>,
     request: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), (bool, String)> {
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), Failure> {
     match connection {
         Some(connection) => {
             let timeouts = &service.config.timeouts;
@@ -123,14 +163,14 @@ async fn exchange(
             )
             .await
             .map(|(response, connection)| (response, Some(connection)))
-            .map_err(|error| (error.is_connect(), crate::admin::error_chain(&error)))
+            .map_err(|error| Failure::new(&error, error.is_connect()))
         }
         None => service
             .client()
             .request(request)
             .await
             .map(|response| (response, None))
-            .map_err(|error| (error.is_connect(), crate::admin::error_chain(&error))),
+            .map_err(|error| Failure::new(&error, error.is_connect())),
     }
 }
 
@@ -196,6 +236,14 @@ fn local(status: StatusCode, message: String) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// `response` with `Connection: close`: after it the client's connection ends.
+fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
@@ -413,7 +461,23 @@ async fn forward(
                 };
                 return Response::from_parts(parts, ProxyBody::Upstream(Box::new(tracked)));
             }
-            Ok(Err((connect, error))) => {
+            // The client's failures are not the backend's: nothing is recorded against
+            // it, or clients could have healthy backends ejected.
+            Ok(Err(Failure::ClientBody(error))) => {
+                tracing::debug!(
+                    service = %service.config.name, client_error = %error,
+                    "reading the request body failed"
+                );
+                return closing(local(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: the request body could not be read".into(),
+                ));
+            }
+            Ok(Err(failure)) => {
+                let (connect, error) = match failure {
+                    Failure::Connect(error) => (true, error),
+                    Failure::ClientBody(error) | Failure::Backend(error) => (false, error),
+                };
                 backend.metrics.record_error(elapsed);
                 backend.record_outcome(false);
                 tracing::debug!(

@@ -214,26 +214,28 @@ async fn send_and_stop(proxy: &cul8er_proxy::Proxy, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Request bodies the client gets wrong (malformed, or cut short) are answered without
-/// counting against the backend: more of them than passive ejection allows leave it
-/// in rotation, and the next request is served.
+/// counting against the backend, on both paths: more of them than passive ejection
+/// allows leave it in rotation, and the next request is served.
 #[tokio::test]
 async fn client_body_errors_do_not_eject_the_backend() {
     let (addr, _received, _tasks) = recording(OK).await;
     let proxy = proxy_to(addr).await;
-    for _ in 0..6 {
-        let answer = send(
-            &proxy,
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        )
-        .await;
+    for general in [false, true, false, true, false, true] {
+        let upgrade = if general { "Upgrade: none\r\n" } else { "" };
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n{upgrade}Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+        );
+        let answer = send(&proxy, request.as_bytes()).await;
         assert_eq!(status(&answer), 400, "{}", text(&answer));
-        assert!(text(&answer).contains("the request body is malformed"));
-        let answer = send_and_stop(
-            &proxy,
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
-        )
-        .await;
-        assert!(answer.is_empty(), "{}", text(&answer));
+        let request =
+            format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Length: 10\r\n\r\nabc");
+        let answer = send_and_stop(&proxy, request.as_bytes()).await;
+        // The client has gone: an answer is not needed, only the close.
+        assert!(
+            answer.is_empty() || status(&answer) == 400,
+            "{}",
+            text(&answer)
+        );
     }
     let answer = send(
         &proxy,
