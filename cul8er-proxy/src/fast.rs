@@ -388,10 +388,8 @@ struct RequestHead {
     target: (usize, usize),
     /// The host routed on: lower case, without port ("" when none).
     host: String,
-    /// The rewritten head without its final CRLF, and without a `Host` field when the
-    /// client sent none (the backend's address is added then).
+    /// The rewritten head without its final CRLF.
     out: Out,
-    has_host: bool,
     framing: Framing,
     idempotent: bool,
     head_method: bool,
@@ -513,18 +511,22 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
     let target_start = target.as_ptr() as usize - bytes.as_ptr() as usize;
 
     let mut host_value: Option<&[u8]> = None;
+    let mut hosts = 0_usize;
     let mut lengths: Option<u64> = None;
     let mut has_length = false;
     let mut codings: Vec<&[u8]> = Vec::new();
     let mut has_coding = false;
     let mut close = false;
     let mut named = Named::default();
-    let mut xff: Option<&[u8]> = None;
-    let mut forwarded: Option<&[u8]> = None;
+    // Whether the client sent forwarding fields, and whether all are visible ASCII
+    // (else none is kept, as the general path does).
+    let (mut xff, mut xff_visible) = (false, true);
+    let (mut forwarded, mut forwarded_visible) = (false, true);
     let mut has_xfh = false;
     for field in request.headers.iter() {
         let (name, value) = (field.name, field.value);
         if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
             host_value.get_or_insert(value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let Some(n) = content_length(value) else {
@@ -543,6 +545,8 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
                 // An upgrade, or more named fields than kept here, is for the general path.
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
+                } else if token.eq_ignore_ascii_case(b"host") {
+                    // Host is routed on and always forwarded.
                 } else if token.eq_ignore_ascii_case(b"upgrade")
                     || (!token.eq_ignore_ascii_case(b"keep-alive") && !named.push(token))
                 {
@@ -552,9 +556,11 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
             return Parsed::Handover;
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            xff.get_or_insert(value);
+            xff = true;
+            xff_visible &= visible(value);
         } else if name.eq_ignore_ascii_case("forwarded") {
-            forwarded.get_or_insert(value);
+            forwarded = true;
+            forwarded_visible &= visible(value);
         } else if name.eq_ignore_ascii_case("x-forwarded-host") {
             has_xfh = true;
         }
@@ -574,34 +580,34 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         }
     };
 
-    // The host routed on and named in the forwarding headers, as `request_host` in
-    // the general path finds it.
-    let host_text = host_value.filter(|v| visible(v)).map(|v| {
-        let text = std::str::from_utf8(v).unwrap_or_default().trim();
-        match text.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => text.split(':').next().unwrap_or_default(),
-        }
-    });
-    let host = match host_text {
-        Some(h) if h.bytes().any(|b| b.is_ascii_uppercase()) => h.to_ascii_lowercase(),
-        Some(h) => h.to_owned(),
-        None => String::new(),
+    // RFC 9112 section 3.2; the general path checks the same.
+    let host_value = match (hosts, host_value) {
+        (1, Some(value)) if crate::forward::valid_host(value) => value,
+        (0, _) => return Parsed::Bad("no Host field"),
+        (1, _) => return Parsed::Bad("an invalid Host field"),
+        _ => return Parsed::Bad("more than one Host field"),
     };
+    // The host routed on and named in the forwarding headers, as `request_host` in
+    // the general path finds it (a valid Host is ASCII).
+    let host_text = std::str::from_utf8(host_value).unwrap_or_default();
+    let host_text = match host_text.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_text.split(':').next().unwrap_or_default(),
+    };
+    let host = host_text.to_ascii_lowercase();
 
     let mut out = Out::with_capacity(length + 160);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let keep_xff = xff.is_some_and(|v| !visible(v));
     for field in request.headers.iter() {
         let name = field.name;
         let drop = is_hop_by_hop(name)
             || named.contains(name)
             || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
             || name.eq_ignore_ascii_case("content-length")
-            || (name.eq_ignore_ascii_case("x-forwarded-for") && !keep_xff)
+            || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("forwarded");
         if !drop {
@@ -618,32 +624,23 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
             }
         }
     }
-    let client = forwarding.client.as_bytes();
-    if !keep_xff {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(existing) = xff {
-            out.extend_from_slice(existing);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(client);
-        out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff && xff_visible {
+        put_values(&mut out, request.headers, "x-forwarded-for");
     }
+    out.extend_from_slice(forwarding.client.as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(if forwarding.tls {
         b"x-forwarded-proto: https\r\n"
     } else {
         b"x-forwarded-proto: http\r\n"
     });
     if !host.is_empty() && !has_xfh {
-        put_field(
-            &mut out,
-            b"x-forwarded-host",
-            host_value.unwrap_or(host.as_bytes()),
-        );
+        put_field(&mut out, b"x-forwarded-host", host_value);
     }
     out.extend_from_slice(b"forwarded: ");
-    if let Some(existing) = forwarded.filter(|v| visible(v)) {
-        out.extend_from_slice(existing);
-        out.extend_from_slice(b", ");
+    if forwarded && forwarded_visible {
+        put_values(&mut out, request.headers, "forwarded");
     }
     out.extend_from_slice(forwarding.forwarded_for.as_bytes());
     if !host.is_empty() {
@@ -658,7 +655,6 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         target: (target_start, target_start + target.len()),
         host,
         out,
-        has_host: host_value.is_some(),
         framing,
         idempotent: matches!(
             method,
@@ -667,6 +663,16 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         head_method: method == "HEAD",
         close,
     })
+}
+
+/// Writes the values of the `name` fields as one list, each followed by ", ".
+fn put_values(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], name: &str) {
+    for field in fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)) {
+        if !field.value.is_empty() {
+            out.extend_from_slice(field.value);
+            out.extend_from_slice(b", ");
+        }
+    }
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -1201,13 +1207,6 @@ where
             }
         };
         head.out.truncate(base);
-        if !head.has_host {
-            put_field(
-                &mut head.out,
-                b"host",
-                backend.authority.as_str().as_bytes(),
-            );
-        }
         head.out.extend_from_slice(b"\r\n");
         // A body that arrived whole with the head goes in the same write.
         if let Framing::Length(n) = head.framing
@@ -1612,15 +1611,62 @@ mod tests {
         );
         assert_eq!(head.host, "app.example");
         assert_eq!(head.framing, Framing::None);
-        assert!(head.idempotent && head.has_host && !head.close);
+        assert!(head.idempotent && !head.close);
+    }
+
+    #[test]
+    fn host_is_one_valid_field_and_forwarding_lists_end_with_the_client() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\", for=6.6.6.6;host=\"y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:8o\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [x]\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a%2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \x80\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad, &forwarding()), Parsed::Bad(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let head = complete(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: host\r\n\r\n");
+        assert_eq!(head.host, "::1");
+        let out = String::from_utf8(head.out.to_vec()).unwrap();
+        assert!(out.contains("Host: [::1]:8080\r\n"), "{out}");
+        assert!(out.contains(";host=\"::1\"\r\n"), "{out}");
+        let head = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: \x80\r\nX-Forwarded-For: 10.0.0.1\r\n\
+              Forwarded: for=1.2.3.4\r\nForwarded: for=\x80\r\n\r\n",
+        );
+        let out = String::from_utf8_lossy(&head.out).into_owned();
+        assert!(out.contains("\r\nx-forwarded-for: 10.0.0.9\r\n"), "{out}");
+        assert!(out.contains("\r\nforwarded: for=10.0.0.9;"), "{out}");
+        assert!(
+            !out.contains("10.0.0.1") && !out.contains("1.2.3.4"),
+            "{out}"
+        );
+        let head = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\r\n",
+        );
+        let out = String::from_utf8(head.out.to_vec()).unwrap();
+        assert!(
+            out.contains("\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn request_framing_is_exact_or_refused() {
-        let head = complete(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        let head = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n");
         assert_eq!(head.framing, Framing::Length(5));
         assert!(!head.idempotent);
-        let head = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let head =
+            complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(head.framing, Framing::Chunked);
         for bad in [
             &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],

@@ -253,6 +253,12 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let in_flight = InFlight::new(context.activity.clone());
+    if let Err(reason) = check_host(&request) {
+        return closing(local(
+            StatusCode::BAD_REQUEST,
+            format!("400 Bad Request: {reason}"),
+        ));
+    }
     let host = request_host(&request)
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
@@ -527,6 +533,67 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// RFC 9112 section 3.2: a request has at most one `Host` field, a valid one, and an
+/// HTTP/1.1 request has one. Routing reads it, and the forwarding headers name it.
+fn check_host<B>(request: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host field"),
+        (Some(host), None) if !valid_host(host.as_bytes()) => Err("an invalid Host field"),
+        (None, _) if request.version() == Version::HTTP_11 => Err("no Host field"),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 3986 section 3.2.2): a
+/// reg-name (which an IPv4 address is too) or a bracketed IPv6 address, and no
+/// user information.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    let port = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let address = std::str::from_utf8(&literal[..end]);
+            if !address.is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()) {
+                return false;
+            }
+            &literal[end + 1..]
+        }
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            if !reg_name(&value[..end]) {
+                return false;
+            }
+            &value[end..]
+        }
+    };
+    match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// `*( unreserved / pct-encoded / sub-delims )`
+fn reg_name(name: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&byte) = name.get(at) {
+        if byte == b'%' {
+            let escaped = name.get(at + 1..at + 3);
+            if !escaped.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            at += 3;
+        } else if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte) {
+            at += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
     let raw = match request.uri().host() {
         Some(host) => return Some(host.trim_start_matches('[').trim_end_matches(']')),
@@ -558,8 +625,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers (RFC 9110 7.6.1): those named in `Connection` and the
-/// fixed list; `TE: trailers` is kept, as gRPC over HTTP/2 needs it.
+/// Removes hop-by-hop headers (RFC 9110 7.6.1): those named in `Connection` (but
+/// never `Host`, which was routed on) and the fixed list; `TE: trailers` is kept, as
+/// gRPC over HTTP/2 needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the few names beats nine lookups.
     let present = headers
@@ -575,6 +643,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|name| name != header::HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -616,22 +685,36 @@ impl Forwarding {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto`
-/// and, when absent, `X-Forwarded-Host`.
-fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => {
-            let joined = format!(
-                "{existing}, {}",
-                forwarding.client.to_str().unwrap_or_default()
-            );
-            HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+/// The values of the `name` fields joined into one list, followed by ", "; `None`
+/// when one of them is not visible ASCII (so can be neither checked nor joined).
+fn joined_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut joined = String::new();
+    for value in headers.get_all(name) {
+        let value = value.to_str().ok()?.trim();
+        if !value.is_empty() {
+            joined.push_str(value);
+            joined.push_str(", ");
         }
-        None => Some(forwarding.client.clone()),
-    };
-    if let Some(value) = xff {
-        headers.insert(X_FORWARDED_FOR, value);
     }
+    Some(joined)
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto`
+/// and, when absent, `X-Forwarded-Host`. Earlier values are kept when all of them are
+/// visible ASCII; otherwise this hop's replaces them, so the last hop named is always
+/// the client.
+fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
+    let xff = if headers.contains_key(X_FORWARDED_FOR) {
+        let mut joined = joined_values(headers, &X_FORWARDED_FOR).unwrap_or_default();
+        joined.push_str(forwarding.client.to_str().unwrap_or_default());
+        HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+    } else {
+        None
+    };
+    headers.insert(
+        X_FORWARDED_FOR,
+        xff.unwrap_or_else(|| forwarding.client.clone()),
+    );
     let proto = if forwarding.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if !host.is_empty() && !headers.contains_key(X_FORWARDED_HOST) {
@@ -643,20 +726,22 @@ fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) 
             headers.insert(X_FORWARDED_HOST, value);
         }
     }
-    let mut element = String::with_capacity(forwarding.forwarded_for.len() + host.len() + 9);
-    if let Some(existing) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        element.push_str(existing);
-        element.push_str(", ");
-    }
+    let mut element = if headers.contains_key(header::FORWARDED) {
+        joined_values(headers, &header::FORWARDED).unwrap_or_default()
+    } else {
+        String::with_capacity(forwarding.forwarded_for.len() + host.len() + 9)
+    };
     element.push_str(&forwarding.forwarded_for);
     if !host.is_empty() {
         element.push_str(";host=\"");
         element.push_str(host);
         element.push('"');
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(element)) {
-        headers.insert(header::FORWARDED, value);
-    }
+    // Never the client's fields alone: they would name it as someone else.
+    match HeaderValue::from_maybe_shared(Bytes::from(element)) {
+        Ok(value) => headers.insert(header::FORWARDED, value),
+        Err(_) => headers.remove(header::FORWARDED),
+    };
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -706,6 +791,83 @@ mod tests {
             headers[header::FORWARDED],
             "for=\"[::1]\";proto=https;host=\"app.example\""
         );
+    }
+
+    #[test]
+    fn forwarding_headers_join_earlier_lists_or_replace_them() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(header::FORWARDED, HeaderValue::from_static("for=a"));
+        headers.append(header::FORWARDED, HeaderValue::from_static("for=b"));
+        let forwarding = Forwarding::new("10.0.0.9".parse().unwrap(), false);
+        add_forwarding(&mut headers, &forwarding, "x");
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.1, 10.0.0.9");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=a, for=b, for=10.0.0.9;proto=http;host=\"x\""
+        );
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\x80").unwrap());
+        headers.append(header::FORWARDED, HeaderValue::from_bytes(b"\x80").unwrap());
+        add_forwarding(&mut headers, &forwarding, "");
+        assert_eq!(
+            headers.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["10.0.0.9"]
+        );
+        assert_eq!(
+            headers
+                .get_all(header::FORWARDED)
+                .iter()
+                .collect::<Vec<_>>(),
+            ["for=10.0.0.9;proto=http"]
+        );
+    }
+
+    #[test]
+    fn host_values_are_a_host_and_an_optional_port() {
+        for good in [
+            &b"a.example"[..],
+            b"A-b.example:8080",
+            b"10.0.0.1:80",
+            b"[::1]",
+            b"[2001:db8::1]:443",
+            b"a%41b",
+            b"",
+            b"a:",
+        ] {
+            assert!(valid_host(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"x\", for=6.6.6.6;host=\"y"[..],
+            b"a b",
+            b"user@a",
+            b"a:8o",
+            b"a:80:80",
+            b"[::1",
+            b"[::1]x",
+            b"[v1.x]",
+            b"a%4",
+            b"a\\b",
+            b"a/b",
+            b"\x80",
+        ] {
+            assert!(!valid_host(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        let two = Request::get("/")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert!(check_host(&two).is_err());
+        let none = Request::get("/").body(()).unwrap();
+        assert!(check_host(&none).is_err());
+        let old = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert!(check_host(&old).is_ok());
     }
 
     #[test]

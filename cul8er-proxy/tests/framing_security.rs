@@ -311,3 +311,118 @@ async fn an_unasked_interim_answer_does_not_stop_the_request_body() {
     assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
     tasks.join_next().await.unwrap().unwrap();
 }
+
+/// Takes what the backend received so far.
+fn take(received: &Received) -> Vec<u8> {
+    std::mem::take(&mut *received.lock().unwrap())
+}
+
+/// The values of the `name` fields of the request head `bytes`, in order.
+fn values_of(bytes: &[u8], name: &str) -> Vec<String> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut fields);
+    assert!(
+        request.parse(bytes).unwrap().is_complete(),
+        "{}",
+        text(bytes)
+    );
+    request
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| text(f.value))
+        .collect()
+}
+
+/// A request head with `fields`, on the general path when `general` (an `Upgrade`
+/// field that upgrades nothing hands it to hyper).
+fn request(fields: &[u8], general: bool) -> Vec<u8> {
+    let mut request = b"GET / HTTP/1.1\r\n".to_vec();
+    request.extend_from_slice(fields);
+    if general {
+        request.extend_from_slice(b"Upgrade: none\r\n");
+    }
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    request
+}
+
+/// RFC 9112 section 3.2: a missing, repeated or invalid Host is answered 400 and never
+/// forwarded (one with a quote could add an element to `Forwarded`).
+#[tokio::test]
+async fn host_fields_that_are_missing_repeated_or_invalid_are_refused_on_both_paths() {
+    let (addr, received, _tasks) = recording(OK).await;
+    let proxy = proxy_to(addr).await;
+    let hosts: [&[u8]; 6] = [
+        b"",
+        b"Host: a.example\r\nHost: b.example\r\n",
+        b"Host: x\", for=6.6.6.6;host=\"y\r\n",
+        b"Host: a b\r\n",
+        b"Host: user@a.example\r\n",
+        b"Host: a.example:80x\r\n",
+    ];
+    for host in hosts {
+        for general in [false, true] {
+            let request = request(host, general);
+            let answer = send(&proxy, &request).await;
+            assert_eq!(
+                status(&answer),
+                400,
+                "{}: {}",
+                text(&request),
+                text(&answer)
+            );
+            assert!(received.lock().unwrap().is_empty());
+        }
+    }
+    // A valid one passes; `Connection` naming it does not remove it.
+    for general in [false, true] {
+        let request = request(b"Host: [::1]:8080\r\nConnection: host\r\n", general);
+        let answer = send(&proxy, &request).await;
+        assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+        let sent = take(&received);
+        assert_eq!(values_of(&sent, "host"), ["[::1]:8080"]);
+        assert_eq!(
+            values_of(&sent, "forwarded"),
+            ["for=127.0.0.1;proto=http;host=\"::1\""]
+        );
+    }
+    // HTTP/1.0 may leave it out.
+    let answer = send(&proxy, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+}
+
+/// The last `X-Forwarded-For` hop the backend sees is always the client: earlier ones
+/// are kept, joined, when all are visible ASCII, and replaced when one is not.
+#[tokio::test]
+async fn x_forwarded_for_always_ends_with_the_client_on_both_paths() {
+    let (addr, received, _tasks) = recording(OK).await;
+    let proxy = proxy_to(addr).await;
+    let cases: [(&[u8], &str); 3] = [
+        (
+            b"X-Forwarded-For: \x80\r\nX-Forwarded-For: 10.0.0.1\r\n",
+            "127.0.0.1",
+        ),
+        (
+            b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: \x80\r\n",
+            "127.0.0.1",
+        ),
+        (
+            b"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n",
+            "203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1",
+        ),
+    ];
+    for (fields, expected) in cases {
+        for general in [false, true] {
+            let mut head = b"Host: x\r\n".to_vec();
+            head.extend_from_slice(fields);
+            let answer = send(&proxy, &request(&head, general)).await;
+            assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+            assert_eq!(
+                values_of(&take(&received), "x-forwarded-for"),
+                [expected],
+                "{} (general path: {general})",
+                text(fields)
+            );
+        }
+    }
+}
