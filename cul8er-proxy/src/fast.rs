@@ -435,17 +435,20 @@ fn is_hop_by_hop(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// Header names listed in `Connection` (besides `close` and `keep-alive`); at most 8
-/// are handled here.
+/// Header names listed in `Connection` (besides `close` and `keep-alive`): up to 8
+/// kept here; past them the `Connection` fields are searched again.
 #[derive(Default)]
 struct Named<'a> {
     names: [&'a [u8]; 8],
     len: usize,
+    more: bool,
 }
 
 impl<'a> Named<'a> {
+    /// False when the name is past the ones kept.
     fn push(&mut self, name: &'a [u8]) -> bool {
         if self.len == self.names.len() {
+            self.more = true;
             return false;
         }
         self.names[self.len] = name;
@@ -453,11 +456,33 @@ impl<'a> Named<'a> {
         true
     }
 
-    fn contains(&self, name: &str) -> bool {
+    /// Whether `name` is named, `fields` being the head's fields.
+    fn contains(&self, name: &str, fields: &[httparse::Header<'_>]) -> bool {
+        let name = name.as_bytes();
         self.names[..self.len]
             .iter()
-            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            .any(|n| n.eq_ignore_ascii_case(name))
+            || (self.more
+                && fields
+                    .iter()
+                    .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+                    .any(|f| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name))))
     }
+}
+
+/// Writes `n` in decimal, without allocating.
+fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A `Content-Length` value (a list of equal lengths is one length); `None` when it is
@@ -604,7 +629,7 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
     for field in request.headers.iter() {
         let name = field.name;
         let drop = is_hop_by_hop(name)
-            || named.contains(name)
+            || named.contains(name, request.headers)
             || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("x-forwarded-for")
@@ -619,7 +644,7 @@ fn parse_request(bytes: &[u8], forwarding: &Forwarding) -> Parsed {
         _ => {
             if let Some(n) = lengths {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(n.to_string().as_bytes());
+                put_decimal(&mut out, n);
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -805,19 +830,37 @@ fn parse_response(
     out.extend_from_slice(b"\r\n");
     for field in response.headers.iter() {
         let name = field.name;
-        // A coding other than chunked stays named when the body goes as it came.
-        let kept_coding =
-            framing == Framing::UntilClose && name.eq_ignore_ascii_case("transfer-encoding");
-        let drop = (is_hop_by_hop(name) && !kept_coding)
-            || named.contains(name)
-            || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
-            || (has_coding && name.eq_ignore_ascii_case("content-length"));
+        // The framing fields are written below, from the framing the body is read
+        // with, whatever `Connection` names: the client must read it the same way.
+        let drop = if name.eq_ignore_ascii_case("content-length") {
+            true
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // A coding other than chunked stays named when the body goes as it came.
+            framing != Framing::UntilClose
+        } else {
+            is_hop_by_hop(name)
+                || named.contains(name, response.headers)
+                || (name.eq_ignore_ascii_case("te") && field.value != b"trailers")
+        };
         if !drop {
             put_field(&mut out, name.as_bytes(), field.value);
         }
     }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match (framing, lengths) {
+        (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (Framing::Length(n), _) => {
+            out.extend_from_slice(b"content-length: ");
+            put_decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        // No body follows, but the length still says what it would be (HEAD, 304), or
+        // that it is empty.
+        (Framing::None, Some(n)) if !has_coding && status != 204 => {
+            out.extend_from_slice(b"content-length: ");
+            put_decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => {}
     }
     if close_client || framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
@@ -1707,6 +1750,40 @@ mod tests {
     }
 
     #[test]
+    fn connection_never_removes_response_framing_and_all_its_names_go() {
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding\r\nContent-Length: 2\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Length(2), true));
+        let out = String::from_utf8(r.out.to_vec()).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n");
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        let out = String::from_utf8(r.out.to_vec()).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(r.framing, Framing::None);
+        let out = String::from_utf8(r.out.to_vec()).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nConnection: a, b, c, d, e, f, g, h\r\nConnection: i, j\r\n\
+              A: 1\r\nH: 1\r\nI: 1\r\nJ: 1\r\nK: 1\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        let out = String::from_utf8(r.out.to_vec()).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nK: 1\r\ncontent-length: 1\r\n\r\n");
+        let mut out = Vec::new();
+        for n in [0, 7, 10, 1234, u64::MAX] {
+            out.clear();
+            put_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn response_framing_follows_rfc_9112() {
         let r = response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false);
         assert_eq!((r.framing, r.reusable), (Framing::Length(3), true));
@@ -1715,7 +1792,7 @@ mod tests {
         assert!(
             String::from_utf8(r.out.to_vec())
                 .unwrap()
-                .contains("Content-Length: 3\r\n")
+                .contains("content-length: 3\r\n")
         );
         let r = response(
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",

@@ -426,3 +426,25 @@ async fn x_forwarded_for_always_ends_with_the_client_on_both_paths() {
         }
     }
 }
+
+/// A backend's `Connection` naming `Content-Length` does not take the framing off its
+/// response: on a kept-alive connection the client would read the next response as
+/// this one's body.
+#[tokio::test]
+async fn a_response_keeps_its_framing_whatever_connection_names() {
+    let (addr, _received, _tasks) = recording(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, x-a\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = proxy_to(addr).await;
+    let answer = send(
+        &proxy,
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        responses(&answer),
+        [(200, "ok".to_owned()), (200, "ok".to_owned())]
+    );
+    assert!(!text(&answer).to_ascii_lowercase().contains("x-a"));
+}
