@@ -275,6 +275,9 @@ where
                 }
             }
         };
+        // Set once a head turns out to take more than one read: the general path's
+        // limit (hyper's `header_read_timeout`) then holds here too.
+        let mut head_deadline = false;
         let head = loop {
             match parse_request(buffer.bytes(), &forwarding) {
                 Parsed::Complete(head) => break head,
@@ -290,9 +293,16 @@ where
                 }
                 Parsed::Partial => {}
             }
+            if !head_deadline {
+                head_deadline = true;
+                header_timer
+                    .as_mut()
+                    .reset(Instant::now() + crate::runtime::HEADER_READ_TIMEOUT);
+            }
             let read = tokio::select! {
                 biased;
                 read = buffer.fill(io) => read,
+                () = header_timer.as_mut() => return End::Closed,
                 () = idle_timer.as_mut() => return End::Closed,
                 () = stop.as_mut() => return End::Closed,
             };

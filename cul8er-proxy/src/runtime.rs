@@ -38,6 +38,9 @@ use crate::tls::{self, SniResolver, TlsError};
 use crate::workers::WorkerPool;
 
 /// What the proxy sends to backends as a request body.
+/// How long a client may take to send a request head once it has begun (both paths).
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 pub(crate) type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
@@ -319,7 +322,7 @@ impl Proxy {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
         let empty = Snapshot {

@@ -448,3 +448,27 @@ async fn a_response_keeps_its_framing_whatever_connection_names() {
     );
     assert!(!text(&answer).to_ascii_lowercase().contains("x-a"));
 }
+
+/// A request head that never ends is given 30 s from its first bytes, as on the general
+/// path, not the listener's idle timeout (60 s). On a paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_request_head_that_never_ends_is_cut_after_the_header_read_timeout() {
+    let (addr, received, _tasks) = recording(OK).await;
+    let proxy = proxy_to(addr).await;
+    let mut client = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(60),
+        "{waited:?}"
+    );
+    assert!(received.lock().unwrap().is_empty());
+}
