@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -90,6 +91,46 @@ impl Drop for Tracked {
         {
             self.active.backend().pool().checkin(connection);
         }
+    }
+}
+
+/// A client's request body on its way to a backend. It records whether its last poll
+/// waited on the client, so that a deadline passing then is put down to the client.
+pub(crate) struct ClientBody {
+    body: Incoming,
+    /// `None` for an empty body: nothing to wait for.
+    waiting: Option<Arc<AtomicBool>>,
+}
+
+impl ClientBody {
+    fn new(body: Incoming) -> Self {
+        let waiting = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        Self { body, waiting }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(waiting) = &this.waiting {
+            waiting.store(polled.is_pending(), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -335,6 +376,8 @@ async fn forward(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let mut body = Some(body);
+    // Set while the client's body is sent: whether it waits on the client.
+    let mut waiting: Option<Arc<AtomicBool>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure = None;
     for attempt in 0..attempts {
@@ -399,7 +442,11 @@ async fn forward(
             Either::Right(Empty::new())
         } else {
             match body.take() {
-                Some(b) => Either::Left(b),
+                Some(b) => {
+                    let b = ClientBody::new(b);
+                    waiting.clone_from(&b.waiting);
+                    Either::Left(b)
+                }
                 None => break,
             }
         };
@@ -470,6 +517,8 @@ async fn forward(
             // The client's failures are not the backend's: nothing is recorded against
             // it, or clients could have healthy backends ejected.
             Ok(Err(Failure::ClientBody(error))) => {
+                // Counted as a request without an answer, as on the fast path.
+                backend.metrics.record_error(elapsed);
                 tracing::debug!(
                     service = %service.config.name, client_error = %error,
                     "reading the request body failed"
@@ -502,6 +551,17 @@ async fn forward(
                     break;
                 }
                 tried.push(index);
+            }
+            // Still waiting on the client's body: its doing, not the backend's.
+            Err(_) if waiting.as_ref().is_some_and(|w| w.load(Ordering::Relaxed)) => {
+                backend.metrics.record_error(elapsed);
+                return closing(local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "408 Request Timeout: the request body did not arrive within {}",
+                        crate::config::format_duration(service.config.timeouts.response_headers)
+                    ),
+                ));
             }
             Err(_) => {
                 backend.metrics.record_error(elapsed);

@@ -15,7 +15,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,7 +40,7 @@ use crate::workers::WorkerPool;
 /// How long a client may take to send a request head once it has begun (both paths).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<crate::forward::ClientBody, Empty<Bytes>>;
 pub(crate) type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// A failed proxy operation.

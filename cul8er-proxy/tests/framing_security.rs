@@ -472,3 +472,36 @@ async fn a_request_head_that_never_ends_is_cut_after_the_header_read_timeout() {
     );
     assert!(received.lock().unwrap().is_empty());
 }
+
+/// A request body that stops coming is the client's doing: past `response_headers` it
+/// is answered 408 on both paths and not counted against the backend, however often.
+/// On a paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_is_answered_408_and_does_not_eject_the_backend() {
+    let (addr, _received, _tasks) = recording(OK).await;
+    let config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n\
+         timeouts = {{ response_headers = \"5s\" }}\n"
+    ));
+    let (proxy, _) = start(config).await;
+    for general in [false, true, false, true, false, true] {
+        let upgrade = if general { "Upgrade: none\r\n" } else { "" };
+        let request =
+            format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Length: 10\r\n\r\nabc");
+        let answer = send(&proxy, request.as_bytes()).await;
+        assert_eq!(status(&answer), 408, "{}", text(&answer));
+    }
+    let answer = send(
+        &proxy,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(responses(&answer), [(200, "ok".to_owned())]);
+    let stats = proxy.stats();
+    let backend = stats.backend("app", "s").unwrap();
+    // Counted as requests without an answer, but never against the backend.
+    assert_eq!(
+        (backend.ejections, backend.ejected, backend.errors),
+        (0, false, 6)
+    );
+}
