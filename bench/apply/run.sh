@@ -98,7 +98,8 @@ cul8er_detail() { # run label, wall time
     jq -rs --arg wall "$2" --arg executor "${executor:-0}" '
         [.[] | select(.event == "step-done")] as $d
         | ($d | map(.millis) | sort) as $m
-        | "executor \($executor) s, outside it \((($wall | tonumber) - ($executor | tonumber)) * 100 | round / 100) s; "
+        | ((($wall | tonumber) - ($executor | tonumber)) * 100 | round / 100) as $outside
+        | "executor \($executor) s, outside it \(if $outside < 0 then 0 else $outside end) s (±0.05); "
           + "\($d | length) steps, median \($m[($m | length) / 2 | floor] // 0) ms, slowest \($m[-1] // 0) ms; "
           + "\(if ($m | add // 0) > 0 then (($d | map(.waiting_millis) | add) / ($m | add) * 100 | round) else 0 end)% waiting on Incus"
     ' "$work/$1.jsonl"
