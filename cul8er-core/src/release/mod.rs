@@ -458,7 +458,14 @@ pub async fn deploy_with(
             .map_err(|e| ctx.incus("creating the upload directory", e))?;
         artifact::upload(&files, &root, &artifact, uid, gid)
             .await
-            .map_err(|e| ctx.incus("uploading the artifact", e))?;
+            .map_err(|e| match e {
+                artifact::UploadError::Incus(e) => ctx.incus("uploading the artifact", e),
+                artifact::UploadError::Read { path, source } => ReleaseError::Artifact {
+                    app: app.to_owned(),
+                    path,
+                    source: Box::new(source),
+                },
+            })?;
     }
     let workdir = release
         .workdir
