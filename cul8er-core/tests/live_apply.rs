@@ -442,3 +442,63 @@ async fn the_lease_keeps_two_applies_apart_and_the_state_dir_is_only_history() {
             .all(|s| s.status == StepStatus::Done)
     );
 }
+
+/// `expose ... address=` publishes the port on that host address only: here 127.0.0.2,
+/// answered there and not on 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expose_address_publishes_on_that_address_only() {
+    let source = r#"topology demo {
+    network demo-net subnet="10.181.0.1/24" nat=#false
+    resource app {
+        image "cul8er-busybox"
+        network demo-net {
+            expose 8080 public=18080 address="127.0.0.2"
+        }
+        release app version="1" {
+            start "httpd -f -p 8080 -h /srv/www"
+            before-start "mkdir -p /srv/www"
+            before-start "sh -c 'echo on 127.0.0.2 > /srv/www/index.html'"
+        }
+    }
+}
+"#;
+    let (topology, _path, cleanup) = topology("address", source);
+    let name = topology.name.clone();
+    let port = cleanup.names.ports[0];
+    let d = deployment(topology, &cleanup.dir.path().join(".cul8er"));
+    plan_and_apply(&d).await;
+    let listen = incus(&[
+        "config",
+        "device",
+        "get",
+        &format!("{name}-app-1"),
+        &format!("expose-{port}"),
+        "listen",
+    ]);
+    assert_eq!(listen.trim(), format!("tcp:127.0.0.2:{port}"));
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut answer = String::new();
+    for _ in 0..50 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.2", port)).await {
+            stream
+                .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+                .await
+                .unwrap();
+            answer.clear();
+            stream.read_to_string(&mut answer).await.unwrap();
+            if answer.contains("on 127.0.0.2") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answer.contains("on 127.0.0.2"), "answer: {answer:?}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    assert!(!d.plan().await.unwrap().has_changes());
+}
