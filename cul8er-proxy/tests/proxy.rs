@@ -236,11 +236,11 @@ async fn passive_ejection_takes_out_a_5xx_backend_and_it_returns_after_the_back_
 #[tokio::test]
 async fn idempotent_requests_retry_another_backend_when_connect_fails() {
     let live = TestBackend::start("live").await;
-    // A port with nothing listening: bind, note it, close.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port that refuses connections for the whole test: bound (so no other test can
+    // take it) but never listening.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = refusing.local_addr().unwrap();
     let services = format!(
         "[[services]]\nname = \"app\"\npassive = {{ consecutive_failures = 0 }}\nbackends = [{{ name = \"gone\", address = \"{closed}\" }}, {}]\n",
         backends_toml(&[("live", &live, 1)])
