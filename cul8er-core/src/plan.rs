@@ -833,6 +833,36 @@ fn retire_after(instance: &ObservedInstance) -> Option<u64> {
     instance.key(KEY_RETIRE).and_then(|t| t.parse().ok())
 }
 
+/// The label of the only set of `held` with weight on the edge of `host`, when
+/// exactly one has any.
+fn weighted_set<'o>(
+    observed: &'o Observed,
+    host: &str,
+    held: &[&'o ObservedInstance],
+) -> Option<&'o str> {
+    let config = observed.hosts.get(host)?.edge.as_ref()?.config.as_ref()?;
+    let weight = |name: &str| -> u64 {
+        config
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter(|b| b.name == name)
+            .map(|b| u64::from(b.weight))
+            .sum()
+    };
+    let mut labels: Vec<&str> = held
+        .iter()
+        .filter(|i| weight(&i.name) > 0)
+        .map(|i| set_of(i))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    match labels.as_slice() {
+        [label] => Some(label),
+        _ => None,
+    }
+}
+
 impl<'o> SetState<'o> {
     fn read(desired: &Desired, observed: &'o Observed) -> Self {
         let mut resources = BTreeMap::new();
@@ -861,9 +891,18 @@ impl<'o> SetState<'o> {
                 retiring: Vec::new(),
                 candidates: Vec::new(),
             };
+            // The keys are set after the edge switched; when they did not land (a
+            // rollout killed or failing right after the switch), the edge says which
+            // set serves: the only one with weight.
+            let weighted = weighted_set(observed, &instance.host, &held);
             let mut by_label: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
             for found in held {
-                if found.key(KEY_CANDIDATE).is_some() {
+                if weighted.is_some_and(|label| label == set_of(found)) {
+                    by_label.entry(set_of(found)).or_default().push(found);
+                } else if weighted.is_some() && found.key(KEY_CANDIDATE).is_none() {
+                    // Switched away from without its retire-after key: an old set.
+                    sets.retiring.push(found);
+                } else if found.key(KEY_CANDIDATE).is_some() {
                     sets.candidates.push(found);
                 } else if found.key(KEY_RETIRE).is_some() {
                     sets.retiring.push(found);
@@ -1031,6 +1070,10 @@ impl<'o> SetState<'o> {
                     }
                     change.reason = Some(format!(
                         "an old set of {resource}, making room for the new set"
+                    ));
+                } else if retire_after(instance).is_none() {
+                    change.reason = Some(format!(
+                        "an old set of {resource}, switched away from on the edge"
                     ));
                 } else if now != 0 && until <= now {
                     change.reason = Some(format!(

@@ -704,3 +704,61 @@ fn a_set_left_by_an_interrupted_rollout_is_deleted() {
     );
     assert_eq!(change(&plan, "shop-web-1").action, Action::None);
 }
+
+#[test]
+fn a_switched_set_whose_keys_did_not_land_serves_by_the_edge_weights() {
+    // The edge switched to -g, then the marking failed: -g still carries the
+    // candidate key and the old set no retire-after key.
+    let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
+    let world = at(
+        beside(
+            in_set(converged(&v2), "g", &[(desired::KEY_CANDIDATE, "true")]),
+            &converged(&v1),
+        ),
+        10,
+    );
+    let plan = plan::plan(&v2, &world);
+    for name in ["shop-web-1-g", "shop-web-2-g"] {
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| c.name == name && c.action == Action::Delete),
+            "the serving set is never deleted: {plan}"
+        );
+    }
+    assert!(
+        !plan.changes.iter().any(|c| c.kind == plan::ObjectKind::Set),
+        "{plan}"
+    );
+    let old = change(&plan, "shop-web-1");
+    assert_eq!(old.action, Action::Delete);
+    assert!(
+        old.reason
+            .as_deref()
+            .unwrap()
+            .contains("switched away from"),
+        "{old:?}"
+    );
+    // With both sets weighted (a canary mid-steps) the keys decide as before.
+    let mut mid = world.clone();
+    for service in &mut mid
+        .hosts
+        .get_mut("local")
+        .unwrap()
+        .edge
+        .as_mut()
+        .unwrap()
+        .config
+        .as_mut()
+        .unwrap()
+        .services
+    {
+        for backend in &mut service.backends {
+            backend.weight = 1;
+        }
+    }
+    let plan = plan::plan(&v1, &mid);
+    assert_eq!(change(&plan, "shop-web-1-g").action, Action::Delete);
+    assert_eq!(change(&plan, "shop-web-1").action, Action::None);
+}
