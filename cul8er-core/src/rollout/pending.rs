@@ -137,6 +137,10 @@ pub enum Phase {
         /// The canary's share of traffic, in percent.
         weight: u32,
     },
+    /// The edge switched all traffic to the new set; the keys that tell the planner
+    /// so may not have landed yet. Only `promote` or `resume` (which finish the
+    /// marking) go on from here; the switch is never undone by `abort`.
+    Switched,
 }
 
 impl Phase {
@@ -152,6 +156,7 @@ impl fmt::Display for Phase {
         match self {
             Self::Running => f.write_str("running"),
             Self::PausedBeforeSwitch => f.write_str("paused before the switch"),
+            Self::Switched => f.write_str("switched, the new set not yet marked as serving"),
             Self::PausedAtStep { index, weight } => {
                 write!(f, "paused at step {} ({weight}% to the canary)", index + 1)
             }

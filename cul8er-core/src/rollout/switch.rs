@@ -58,6 +58,35 @@ pub const STEP_WINDOW: Duration = Duration::from_secs(10);
 /// The longest a canary step waits for `min-requests` beyond its pause.
 pub const JUDGE_DEADLINE: Duration = Duration::from_secs(300);
 
+/// How many times the sets are marked after a switch before the rollout gives up
+/// (and leaves its record `switched` for `promote`).
+const MARK_ATTEMPTS: u32 = 5;
+
+/// The wait before the second attempt at marking; doubled after each failure.
+const MARK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs `attempt(n)` (n from 1) until it succeeds or `attempts` failed, waiting
+/// `backoff`, doubled each time, between attempts; the last error when all failed.
+async fn retried<F, Fut>(attempts: u32, backoff: Duration, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut wait = backoff;
+    let mut n = 1;
+    loop {
+        match attempt(n).await {
+            Ok(()) => return Ok(()),
+            Err(problem) if n >= attempts => return Err(problem),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2);
+                n += 1;
+            }
+        }
+    }
+}
+
 /// One exposed port of the resource on the edge.
 #[derive(Debug, Clone)]
 pub(super) struct ServiceRef {
@@ -173,8 +202,11 @@ impl SetRun<'_> {
 pub(super) enum Entry {
     /// Create the set (or reuse it), gate it, then switch or step.
     Start,
-    /// Blue-green: switch now (`promote`).
+    /// Blue-green: check the new set's health again, then switch (`promote`).
     Switch,
+    /// The edge already switched: apply the final weights again and finish marking
+    /// the sets (`promote` or `resume` of a `switched` record).
+    Finish,
     /// Canary: go on from step `index` (`resume`), or to 100% at once when `promote`.
     Step { index: usize, promote: bool },
     /// Put all traffic back on the serving set and delete the new one (`abort`).
@@ -190,6 +222,9 @@ enum Ended {
     Paused(Box<PendingRollout>),
     /// Failed before the new set served: undo.
     Failed(String),
+    /// The edge switched but the sets could not be marked: the record stays
+    /// `switched` for `promote` to finish; never undone.
+    Unmarked(String),
 }
 
 impl Roller<'_> {
@@ -303,8 +338,11 @@ impl Roller<'_> {
         };
         let edge = self.edge(client);
         let watch: OnceCell<Result<CrashWatch, String>> = OnceCell::new();
-        if let Some(store) = &self.pending {
-            // The record of a running rollout, so that `cul8er pause` can reach it.
+        if let Some(store) = &self.pending
+            && entry != Entry::Finish
+        {
+            // The record of a running rollout, so that `cul8er pause` can reach it
+            // and a rollout killed halfway is found. Unrecorded, it does not start.
             let running = run.record(
                 &self.topology.name,
                 &self.executor.options.revision,
@@ -313,13 +351,10 @@ impl Roller<'_> {
                 Vec::new(),
             );
             if let Err(error) = store.save(&running).await {
-                self.set_progress(
-                    run,
-                    format!(
-                        "cannot record the rollout as running: {}",
-                        error_chain(&error)
-                    ),
-                );
+                return failed(&format!(
+                    "cannot record the rollout as running, so it did not start (nothing changed): {}",
+                    error_chain(&error)
+                ));
             }
         }
         let ended = match entry {
@@ -362,7 +397,14 @@ impl Roller<'_> {
                     },
                 }
             }
-            Entry::Switch => self.switch(run, client, &edge).await,
+            Entry::Switch => match self.still_healthy(run, client, &edge).await {
+                Ok(()) => self.switch(run, client, &edge).await,
+                Err(reason) => Ended::Failed(format!("not switched: {reason}")),
+            },
+            Entry::Finish if run.strategy() == SwitchStrategy::Canary => {
+                self.steps(run, client, &edge, 0, true).await
+            }
+            Entry::Finish => self.switch(run, client, &edge).await,
             Entry::Step { index, promote } => self.steps(run, client, &edge, index, promote).await,
         };
         if let Some(Ok(watch)) = watch.get() {
@@ -370,17 +412,18 @@ impl Roller<'_> {
                 watch.unwatch(name);
             }
         }
-        if !matches!(ended, Ended::Paused(_))
-            && let Some(store) = &self.pending
-            && let Err(error) = store.clear().await
-        {
-            self.set_progress(
-                run,
-                format!("cannot clear the rollout record: {}", error_chain(&error)),
-            );
-        }
         match ended {
-            Ended::Done => RolloutResult::Succeeded,
+            Ended::Done => {
+                self.clear_record(run).await;
+                RolloutResult::Succeeded
+            }
+            Ended::Unmarked(problem) => RolloutResult::Failed {
+                reason: format!(
+                    "traffic switched to {}, but the sets could not be marked: {problem}",
+                    run.new.join(", ")
+                ),
+                next: "`cul8er promote` finishes marking them (the switch stands; `cul8er abort` cannot undo it)".to_owned(),
+            },
             Ended::Paused(record) => {
                 let record = *record;
                 let next = format!(
@@ -405,12 +448,122 @@ impl Roller<'_> {
                     }
                     Err(problem) => {
                         let reason = format!("cannot record the paused rollout: {problem}");
-                        self.undo_set(run, client, &edge, reason).await
+                        self.undo_and_clear(run, client, &edge, reason).await
                     }
                 }
             }
-            Ended::Failed(reason) => self.undo_set(run, client, &edge, reason).await,
+            Ended::Failed(reason) => self.undo_and_clear(run, client, &edge, reason).await,
         }
+    }
+
+    /// Undoes the rollout; clears its record only once the undo succeeded, so that
+    /// a failed or killed undo leaves the record for `cul8er abort` to retry.
+    async fn undo_and_clear(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+        reason: String,
+    ) -> RolloutResult {
+        let result = self.undo_set(run, client, edge, reason).await;
+        if matches!(result, RolloutResult::RolledBack { .. }) {
+            self.clear_record(run).await;
+        }
+        result
+    }
+
+    async fn clear_record(&self, run: &SetRun<'_>) {
+        if let Some(store) = &self.pending
+            && let Err(error) = store.clear().await
+        {
+            self.set_progress(
+                run,
+                format!("cannot clear the rollout record: {}", error_chain(&error)),
+            );
+        }
+    }
+
+    /// Before a `promote` switches: every new instance still runs and the edge's
+    /// checks still find it healthy.
+    async fn still_healthy(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        edge: &Edge,
+    ) -> Result<(), String> {
+        let instances = client.instances();
+        for name in &run.new {
+            let found = instances
+                .get(name)
+                .await
+                .map_err(|e| format!("cannot read {name}: {}", error_chain(&e)))?;
+            if !found.is_running() {
+                return Err(format!("{name} is {}", found.status.to_lowercase()));
+            }
+        }
+        if !run.services.is_empty() {
+            self.edge_healthy(run, client, edge).await?;
+        }
+        Ok(())
+    }
+
+    /// Right after the edge switched to the new set: records the rollout as
+    /// `switched`, marks the new set as serving and the old one to retire at
+    /// `retire_secs` (retried: a switch is never left unmarked for a passing
+    /// problem), then clears the record.
+    async fn mark_switched(
+        &self,
+        run: &SetRun<'_>,
+        client: &Client,
+        retire_secs: u64,
+    ) -> Result<(), String> {
+        if let Some(store) = &self.pending {
+            let switched = run.record(
+                &self.topology.name,
+                &self.executor.options.revision,
+                Phase::Switched,
+                None,
+                Vec::new(),
+            );
+            if let Err(error) = store.save(&switched).await {
+                // The planner still finds the serving set by the edge's weights.
+                self.set_progress(
+                    run,
+                    format!(
+                        "cannot record the rollout as switched: {}",
+                        error_chain(&error)
+                    ),
+                );
+            }
+        }
+        retried(MARK_ATTEMPTS, MARK_BACKOFF, |attempt| async move {
+            let marked = self
+                .mark(client, &run.new, &[KEY_CANDIDATE, KEY_RETIRE], None)
+                .await
+                .map_err(|p| format!("cannot mark the new set as serving: {p}"));
+            let marked = match marked {
+                Ok(()) => self
+                    .mark(
+                        client,
+                        &run.old,
+                        &[],
+                        Some((KEY_RETIRE, retire_secs.to_string())),
+                    )
+                    .await
+                    .map_err(|p| format!("cannot mark the old set for removal: {p}")),
+                Err(problem) => Err(problem),
+            };
+            if let Err(problem) = &marked {
+                self.set_progress(
+                    run,
+                    format!("{problem} (attempt {attempt} of {MARK_ATTEMPTS})"),
+                );
+            }
+            marked
+        })
+        .await?;
+        self.clear_record(run).await;
+        Ok(())
     }
 
     async fn requested_pause(&self, run: &SetRun<'_>) -> Option<PauseReason> {
@@ -703,28 +856,8 @@ impl Roller<'_> {
         let retire_secs = retire_at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if let Err(problem) = self
-            .mark(client, &run.new, &[KEY_CANDIDATE, KEY_RETIRE], None)
-            .await
-        {
-            self.set_progress(
-                run,
-                format!("cannot mark the new set as serving: {problem}"),
-            );
-        }
-        if let Err(problem) = self
-            .mark(
-                client,
-                &run.old,
-                &[],
-                Some((KEY_RETIRE, retire_secs.to_string())),
-            )
-            .await
-        {
-            self.set_progress(
-                run,
-                format!("cannot mark the old set for removal: {problem}"),
-            );
+        if let Err(problem) = self.mark_switched(run, client, retire_secs).await {
+            return Ended::Unmarked(problem);
         }
         if delay > FOREGROUND_DELAY {
             self.set_progress(
@@ -952,12 +1085,10 @@ impl Roller<'_> {
                 )));
             }
         }
-        // At 100%: the canary is the new stable; the old set goes.
-        if let Err(problem) = self
-            .mark(client, &run.new, &[KEY_CANDIDATE, KEY_RETIRE], None)
-            .await
-        {
-            self.set_progress(run, format!("cannot mark the canary as stable: {problem}"));
+        // At 100%: the canary is the new stable (marked before anything else), and
+        // the old set, marked to retire now, goes.
+        if let Err(problem) = self.mark_switched(run, client, 0).await {
+            return Ended::Unmarked(problem);
         }
         self.set_progress(run, "the canary is the new stable; removing the old set");
         if let Err(problem) = self.retire(run, client, edge, &run.old).await {
@@ -965,10 +1096,6 @@ impl Roller<'_> {
                 run,
                 format!("cannot remove the old set (the next plan deletes it): {problem}"),
             );
-            // Without the key the next plan sees two serving sets and keeps the bigger.
-            let _ = self
-                .mark(client, &run.old, &[], Some((KEY_RETIRE, "0".to_owned())))
-                .await;
         }
         Ended::Done
     }
@@ -1000,9 +1127,11 @@ impl Roller<'_> {
         loop {
             let end = self.read_stats(run, edge).await?;
             let mut short = None;
-            for (service, started) in start {
-                let Some(ended) = end.get(service) else {
-                    continue;
+            for service in run.services.iter().map(|s| &s.name) {
+                let (Some(started), Some(ended)) = (start.get(service), end.get(service)) else {
+                    return Ok(Some(format!(
+                        "the edge's statistics have no service {service}"
+                    )));
                 };
                 let side = |stats: &[BackendStats], names: &[String]| -> Vec<BackendStats> {
                     stats
@@ -1216,7 +1345,14 @@ pub async fn continue_rollout(
         services: services(resource),
     };
     let entry = match (action, record.phase) {
+        (Continue::Abort, Phase::Switched) => {
+            return Err(format!(
+                "the edge already switched all traffic to {}: `cul8er abort` cannot undo a completed switch; `cul8er promote` finishes it, and `cul8er rollback` then returns to the previous revision",
+                run.new.join(", ")
+            ));
+        }
         (Continue::Abort, _) => Entry::Abort,
+        (_, Phase::Switched) => Entry::Finish,
         (_, Phase::PausedAtStep { index, .. }) => Entry::Step {
             index: index + 1,
             promote: action == Continue::Promote,
@@ -1269,4 +1405,46 @@ pub async fn continue_rollout(
     });
     outcome.cancelled = cancel.graceful.is_cancelled();
     Ok((outcome, roller.set_record(resource, &run.new, result)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn marking_is_retried_with_backoff_until_it_lands() {
+        let calls = AtomicU32::new(0);
+        let begin = Instant::now();
+        let marked = retried(5, Duration::from_secs(1), |n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 3 {
+                    Err(format!("ETag mismatch {n}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert_eq!(marked, Ok(()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // 1 s after the first failure, 2 s after the second.
+        assert_eq!(begin.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marking_gives_up_after_its_attempts_with_the_last_problem() {
+        let calls = AtomicU32::new(0);
+        let begin = Instant::now();
+        let marked = retried(MARK_ATTEMPTS, MARK_BACKOFF, |n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { Err::<(), _>(format!("timeout {n}")) }
+        })
+        .await;
+        assert_eq!(marked, Err(format!("timeout {MARK_ATTEMPTS}")));
+        assert_eq!(calls.load(Ordering::SeqCst), MARK_ATTEMPTS);
+        assert_eq!(begin.elapsed(), Duration::from_secs(1 + 2 + 4 + 8));
+    }
 }
