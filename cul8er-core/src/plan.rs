@@ -1039,6 +1039,29 @@ impl<'o> SetState<'o> {
                     *changes = rest;
                     removed
                 };
+                // What serves now is what Incus holds, not what the topology names:
+                // a replica added with the new version (or deleted by hand) comes up
+                // only in the new set, and the edge gets no backend for it before.
+                let deleted: BTreeSet<&str> = changes
+                    .iter()
+                    .filter(|c| of_resource(c) && c.action == Action::Delete)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                let mut serving: Vec<String> = sets
+                    .serving_instances
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .filter(|n| !deleted.contains(n.as_str()))
+                    .collect();
+                serving.sort_unstable();
+                let missing: Vec<&str> = wanted
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .filter(|n| !serving.iter().any(|s| s == n))
+                    .collect();
+                if !missing.is_empty() {
+                    drop_backends(desired.to_mut(), host, resource, &missing);
+                }
                 changes.push(self.set_change(
                     host,
                     resource,
@@ -1046,6 +1069,7 @@ impl<'o> SetState<'o> {
                     label,
                     reuse.is_some(),
                     &wanted,
+                    serving,
                     &removed,
                 ));
             }
@@ -1128,6 +1152,7 @@ impl<'o> SetState<'o> {
         label: &str,
         reuse: bool,
         wanted: &[DesiredInstance],
+        serving: Vec<String>,
         removed: &[Change],
     ) -> Change {
         let instances: Vec<DesiredInstance> = wanted
@@ -1153,7 +1178,6 @@ impl<'o> SetState<'o> {
                 instance
             })
             .collect();
-        let serving: Vec<String> = wanted.iter().map(|d| d.name.clone()).collect();
         let suffix = if label.is_empty() {
             "unsuffixed".to_owned()
         } else {
@@ -1227,6 +1251,23 @@ impl<'o> SetState<'o> {
 }
 
 /// Adds `kept` (old sets) to the edge services of `resource` at weight 0.
+/// `desired` without the edge backends of `resource` named `names`.
+fn drop_backends(desired: &mut Desired, host: &str, resource: &str, names: &[&str]) {
+    for instance in &mut desired.instances {
+        let Some(edge) = instance.edge.as_deref_mut() else {
+            continue;
+        };
+        if edge.host != host {
+            continue;
+        }
+        for service in edge.services.iter_mut().filter(|s| s.resource == resource) {
+            service
+                .backends
+                .retain(|b| !names.contains(&b.instance.as_str()));
+        }
+    }
+}
+
 fn add_standby_backends(
     desired: &mut Desired,
     host: &str,

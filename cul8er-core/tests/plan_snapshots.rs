@@ -762,3 +762,51 @@ fn a_switched_set_whose_keys_did_not_land_serves_by_the_edge_weights() {
     assert_eq!(change(&plan, "shop-web-1-g").action, Action::Delete);
     assert_eq!(change(&plan, "shop-web-1").action, Action::None);
 }
+
+/// `shop` with `replicas` replicas.
+fn shop_of(strategy: &str, version: &str, replicas: u32) -> Desired {
+    let source = format!(
+        r#"topology shop {{
+    network shop-net subnet="10.30.0.1/24" nat=#false
+    resource web {{
+        image cul8er-busybox
+        replicas {replicas}
+        network shop-net {{
+            expose 8080 public=18080 protocol=http
+        }}
+        release web version="{version}" {{
+            start "httpd -f -p 8080 -h /srv/www"
+        }}
+        strategy {strategy}
+    }}
+}}"#
+    );
+    desire(&source)
+}
+
+#[test]
+fn a_new_version_with_more_replicas_serves_from_what_exists() {
+    let v1 = shop_of("canary", "1.0.0", 2);
+    let plan = plan::plan(&shop_of("canary", "1.1.0", 3), &converged(&v1));
+    let set = change(&plan, "shop-web-c");
+    let Some(plan::Target::Set(target)) = &set.target else {
+        panic!("a set target: {plan}");
+    };
+    // The serving list is what Incus holds; the third replica comes only in the new set.
+    assert_eq!(target.serving, ["shop-web-1", "shop-web-2"]);
+    let names: Vec<&str> = target.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["shop-web-1-c", "shop-web-2-c", "shop-web-3-c"]);
+    assert!(
+        !plan.changes.iter().any(|c| c.name == "shop-web-3"),
+        "nothing creates or routes to shop-web-3: {plan}"
+    );
+    // The edge is not changed before the rollout (no backend for shop-web-3).
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| c.kind == plan::ObjectKind::Edge && c.is_change()),
+        "{plan}"
+    );
+    insta::assert_snapshot!(plan.to_string());
+}

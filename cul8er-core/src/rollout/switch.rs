@@ -947,10 +947,12 @@ impl Roller<'_> {
     ) -> Result<(), String> {
         let instances = client.instances();
         for name in names {
-            let (current, etag) = instances
-                .get_with_etag(name)
-                .await
-                .map_err(|e| error_chain(&e))?;
+            // An instance already gone (deleted by a plan or by hand) needs no mark.
+            let (current, etag) = match instances.get_with_etag(name).await {
+                Ok(found) => found,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(error_chain(&e)),
+            };
             let mut put = current.to_put();
             for key in remove {
                 put.config.remove(*key);
