@@ -395,7 +395,19 @@ impl Deployment {
     pub async fn plan(&self) -> Result<Plan, DeployError> {
         let desired = self.desired()?;
         let observed = self.observe(&desired).await?;
-        Ok(plan::plan(&desired, &observed))
+        let plan = plan::plan(&desired, &observed);
+        // A paused or interrupted blue-green or canary rollout: its sets are its own.
+        let rollout = match self.pending_rollout().await {
+            Ok(rollout) => rollout,
+            Err(error) => {
+                tracing::warn!(error = %crate::execute::error_chain(&error), "cannot read the rollout record");
+                None
+            }
+        };
+        Ok(match rollout {
+            Some(rollout) => plan.beside_rollout(&rollout),
+            None => plan,
+        })
     }
 
     /// Plans the removal of everything the topology has in Incus; volumes only when

@@ -249,6 +249,40 @@ impl Plan {
         }
     }
 
+    /// This plan while `rollout` is paused or interrupted: the set change of its
+    /// resource and the deletion of its sets are left out (the planner would take
+    /// its new set for a stray), and a note names the rollout and what to run.
+    #[must_use]
+    pub fn beside_rollout(self, rollout: &crate::rollout::pending::PendingRollout) -> Self {
+        let members: BTreeSet<&str> = rollout
+            .old_set
+            .members
+            .iter()
+            .chain(&rollout.new_set.members)
+            .map(|m| m.instance.as_str())
+            .collect();
+        let ours = |c: &Change| c.resource.as_deref() == Some(rollout.resource.as_str());
+        let changes: Vec<Change> = self
+            .changes
+            .into_iter()
+            .filter(|c| {
+                !(ours(c)
+                    && (c.kind == ObjectKind::Set
+                        || (c.action == Action::Delete && members.contains(c.name.as_str()))))
+            })
+            .collect();
+        let next = if rollout.phase == crate::rollout::pending::Phase::Switched {
+            "`cul8er promote` finishes it"
+        } else {
+            "`cul8er promote` or `cul8er resume` goes on with it, `cul8er abort` undoes it"
+        };
+        let mut notes = self.notes;
+        notes.push(format!(
+            "{rollout}: its sets are left as they are and `cul8er apply` refuses until it ends; {next}"
+        ));
+        Self::new(self.topology, changes, notes)
+    }
+
     /// A plan of nothing, for rollouts continued outside an apply.
     pub(crate) fn empty(topology: String) -> Self {
         Self::new(topology, Vec::new(), Vec::new())

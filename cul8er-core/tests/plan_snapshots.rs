@@ -810,3 +810,73 @@ fn a_new_version_with_more_replicas_serves_from_what_exists() {
     );
     insta::assert_snapshot!(plan.to_string());
 }
+
+#[test]
+fn a_paused_rollout_is_named_and_its_sets_left_alone() {
+    use cul8er_core::rollout::pending::{
+        InstanceSet, PauseReason, PendingRollout, Phase, SetMember, SwitchStrategy,
+    };
+    let (v1, v2) = (shop("blue-green", "1.0.0"), shop("blue-green", "1.1.0"));
+    let world = beside(
+        converged(&v1),
+        &in_set(converged(&v2), "g", &[(desired::KEY_CANDIDATE, "true")]),
+    );
+    let bare = plan::plan(&v2, &world);
+    assert!(
+        bare.changes
+            .iter()
+            .any(|c| c.name == "shop-web-1-g" && c.action == Action::Delete),
+        "without the record the planner takes the set for a stray: {bare}"
+    );
+    let members = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| SetMember {
+                instance: (*n).to_owned(),
+                backend: (*n).to_owned(),
+            })
+            .collect()
+    };
+    let paused = PendingRollout {
+        topology: "shop".into(),
+        revision: "20261126T044811.042Z".into(),
+        resource: "web".into(),
+        version: Some("1.1.0".into()),
+        strategy: SwitchStrategy::BlueGreen,
+        phase: Phase::PausedBeforeSwitch,
+        old_set: InstanceSet {
+            set: String::new(),
+            members: members(&["shop-web-1", "shop-web-2"]),
+        },
+        new_set: InstanceSet {
+            set: "g".into(),
+            members: members(&["shop-web-1-g", "shop-web-2-g"]),
+        },
+        weights: Vec::new(),
+        reason: Some(PauseReason::ManualPromotion),
+        holder: cul8er_core::lock::Holder {
+            user: "ops".into(),
+            host: "laptop".into(),
+            pid: 42,
+        },
+        at: "2026-11-26T04:48:11Z".into(),
+        hosts: vec!["local".into()],
+    };
+    let plan = bare.beside_rollout(&paused);
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| c.resource.as_deref() == Some("web")
+                && (c.kind == plan::ObjectKind::Set || c.action == Action::Delete)),
+        "{plan}"
+    );
+    let note = plan.notes.last().unwrap();
+    assert!(
+        note.contains("blue-green rollout of resource web"),
+        "{note}"
+    );
+    assert!(note.contains("`cul8er abort`"), "{note}");
+    assert_eq!(plan.summary.delete, 0);
+    assert_eq!(plan.summary.replace, 0);
+}
