@@ -597,6 +597,10 @@ impl Deployment {
             outcome,
             record: rollout,
         } = report;
+        // A destroy takes a rollout's record (and a pause request) with the sets.
+        if request.destroy.is_some() && !outcome.cancelled && outcome.failures().next().is_none() {
+            pending.clear().await.map_err(|e| self.pending_error(e))?;
+        }
         if let Some(record) = &rollout {
             self.state
                 .write_record(topology, &revision, "rollout", record)?;
