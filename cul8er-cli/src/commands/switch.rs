@@ -31,12 +31,16 @@ pub(crate) fn run(args: &TopologyArgs, action: Continue, settings: &Settings) ->
         let signals = async {
             if tokio::signal::ctrl_c().await.is_ok() {
                 progress.message(
-                    "Interrupted: putting all traffic back on the serving set at the next step (Ctrl-C again aborts).",
+                    "Interrupted: putting all traffic back on the serving set at the next step.",
                 );
                 cancel.graceful.cancel();
             }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.abort.cancel();
+            // Stopping halfway through the undo would leave the edge half-switched:
+            // a second Ctrl-C only says so.
+            while tokio::signal::ctrl_c().await.is_ok() {
+                progress.message(
+                    "Still putting traffic back on the serving set; this ends on its own.",
+                );
             }
             std::future::pending::<()>().await;
         };
