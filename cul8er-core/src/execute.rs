@@ -285,10 +285,15 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The last phase of [`phase`].
+const LAST_PHASE: u8 = 4;
+
 fn phase(change: &Change) -> u8 {
     match (change.kind, change.action) {
-        (ObjectKind::Network | ObjectKind::Volume, Action::Delete) => 3,
+        (ObjectKind::Network | ObjectKind::Volume, Action::Delete) => LAST_PHASE,
         (ObjectKind::Network | ObjectKind::Volume, _) => 0,
+        // After the edge: a backend leaves the edge before its instance goes.
+        (ObjectKind::Instance, Action::Delete) => 3,
         (ObjectKind::Instance | ObjectKind::Set, _) => 1,
         // After the instances: the backends must run to have addresses.
         (ObjectKind::Edge, _) => 2,
@@ -331,7 +336,7 @@ impl Executor {
         let mut phase_failed = false;
         let mut announced = false;
         let mut started_steps = std::collections::HashSet::new();
-        for current in 0..=3 {
+        for current in 0..=LAST_PHASE {
             let indices: Vec<usize> = (0..changes.len())
                 .filter(|&i| phase(changes[i]) == current)
                 .collect();
@@ -897,5 +902,42 @@ fn incus(
         name: change.name.clone(),
         host: change.host.clone(),
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    fn change(kind: ObjectKind, action: Action) -> Change {
+        Change {
+            host: "local".into(),
+            kind,
+            name: "x".into(),
+            resource: None,
+            action,
+            drift: false,
+            restart: false,
+            start: false,
+            reason: None,
+            fields: Vec::new(),
+            target: None,
+        }
+    }
+
+    #[test]
+    fn backends_leave_the_edge_before_their_instances_are_deleted() {
+        let create = phase(&change(ObjectKind::Instance, Action::Create));
+        let edge = phase(&change(ObjectKind::Edge, Action::Update));
+        let delete = phase(&change(ObjectKind::Instance, Action::Delete));
+        let network = phase(&change(ObjectKind::Network, Action::Delete));
+        assert!(phase(&change(ObjectKind::Network, Action::Create)) < create);
+        assert!(create < edge, "backends run before the edge routes to them");
+        assert!(
+            edge < delete,
+            "the edge drops a backend before it is deleted"
+        );
+        assert!(delete < network, "instances go before their network");
+        assert_eq!(network, LAST_PHASE);
     }
 }
