@@ -1193,21 +1193,7 @@ impl Roller<'_> {
         self.set_progress(run, format!("rolling back: {reason}"));
         let old = &run.old;
         let back = self
-            .weigh_sets(
-                run,
-                edge,
-                |name| {
-                    if old.iter().any(|n| n == name) {
-                        Some(1)
-                    } else if run.new.iter().any(|n| n == name) {
-                        Some(0)
-                    } else {
-                        None
-                    }
-                },
-                old,
-                &[],
-            )
+            .weigh_sets(run, edge, |name| undo_weight(old, &run.new, name), old, &[])
             .await;
         let mut problems = Vec::new();
         if let Err(problem) = back {
@@ -1237,6 +1223,18 @@ impl Roller<'_> {
                     .to_owned(),
             }
         }
+    }
+}
+
+/// The weight of backend `name` when a rollout is undone, all in one edge change:
+/// the serving set 1 each, the new set 0 (never its canary weight), others as they are.
+fn undo_weight(old: &[String], new: &[String], name: &str) -> Option<u32> {
+    if old.iter().any(|n| n == name) {
+        Some(1)
+    } else if new.iter().any(|n| n == name) {
+        Some(0)
+    } else {
+        None
     }
 }
 
@@ -1414,6 +1412,18 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn an_undo_gives_the_canary_nothing_and_stable_everything() {
+        let old = ["shop-web-1".to_owned(), "shop-web-2".to_owned()];
+        let new = ["shop-web-1-c".to_owned(), "shop-web-2-c".to_owned()];
+        // At 10% the canary held 1 and stable 9 per backend; after the undo:
+        assert_eq!(undo_weight(&old, &new, "shop-web-1"), Some(1));
+        assert_eq!(undo_weight(&old, &new, "shop-web-2"), Some(1));
+        assert_eq!(undo_weight(&old, &new, "shop-web-1-c"), Some(0));
+        assert_eq!(undo_weight(&old, &new, "shop-web-2-c"), Some(0));
+        assert_eq!(undo_weight(&old, &new, "shop-api-1"), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn marking_is_retried_with_backoff_until_it_lands() {
