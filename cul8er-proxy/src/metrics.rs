@@ -190,7 +190,7 @@ impl LatencySummary {
             reason = "microsecond sums fit f64 well enough"
         )]
         let sum_seconds = sum_us as f64 / 1e6;
-        let quantile = |q: f64| quantile(&buckets, count, q).map(|s| s * 1000.0);
+        let quantile = |q: f64| histogram_quantile(&buckets, q).map(|s| s * 1000.0);
         Self {
             count,
             sum_seconds,
@@ -201,10 +201,15 @@ impl LatencySummary {
     }
 }
 
-/// Linear interpolation inside the bucket holding the quantile, as Prometheus's
-/// `histogram_quantile` does; the open last bucket answers its lower bound.
+/// The `q` quantile (0 to 1) of a cumulative histogram given as `(le, count)` pairs
+/// in seconds, the form [`LatencySummary::buckets`] has: linear interpolation inside the
+/// bucket holding it, as Prometheus's `histogram_quantile` does; the open last bucket
+/// answers its lower bound. `None` without observations. Also used on the difference
+/// of two snapshots (a canary step's window).
+#[must_use]
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn quantile(buckets: &[(Option<f64>, u64)], count: u64, q: f64) -> Option<f64> {
+pub fn histogram_quantile(buckets: &[(Option<f64>, u64)], q: f64) -> Option<f64> {
+    let count = buckets.last().map_or(0, |&(_, c)| c);
     if count == 0 {
         return None;
     }
@@ -216,7 +221,7 @@ fn quantile(buckets: &[(Option<f64>, u64)], count: u64, q: f64) -> Option<f64> {
             let Some(upper) = le else {
                 return Some(lower_bound);
             };
-            let in_bucket = (cumulative - lower_count) as f64;
+            let in_bucket = cumulative.saturating_sub(lower_count) as f64;
             let fraction = if in_bucket > 0.0 {
                 (rank - lower_count as f64) / in_bucket
             } else {

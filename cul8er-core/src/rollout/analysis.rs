@@ -69,7 +69,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use cul8er_proxy::metrics::BackendStats;
+use cul8er_proxy::metrics::{BackendStats, histogram_quantile};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::Analysis;
@@ -330,7 +330,7 @@ pub fn window(start: &[BackendStats], end: &[BackendStats]) -> Window {
         requests: total.requests,
         failures: total.failures,
         error_rate,
-        p99_ms: quantile(&total.buckets, 0.99).map(|s| s * 1000.0),
+        p99_ms: histogram_quantile(&total.buckets, 0.99).map(|s| s * 1000.0),
         reset,
         vanished,
     }
@@ -534,37 +534,6 @@ fn add_histogram(sum: &mut Histogram, other: &Histogram) {
             })
             .collect();
     }
-}
-
-/// The `q` quantile of a cumulative histogram, in seconds: linear interpolation inside
-/// the bucket that holds it, as Prometheus's `histogram_quantile` does; the open last
-/// bucket answers its lower bound. `None` without observations.
-#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn quantile(buckets: &Histogram, q: f64) -> Option<f64> {
-    let count = buckets.last().map_or(0, |&(_, c)| c);
-    if count == 0 {
-        return None;
-    }
-    let rank = q * count as f64;
-    let mut lower_bound = 0.0;
-    let mut lower_count = 0;
-    for &(le, cumulative) in buckets {
-        if cumulative as f64 >= rank {
-            let Some(upper) = le else {
-                return Some(lower_bound);
-            };
-            let in_bucket = cumulative.saturating_sub(lower_count) as f64;
-            let fraction = if in_bucket > 0.0 {
-                (rank - lower_count as f64) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower_bound + (upper - lower_bound) * fraction);
-        }
-        lower_bound = le.unwrap_or(lower_bound);
-        lower_count = cumulative;
-    }
-    Some(lower_bound)
 }
 
 #[cfg(test)]
