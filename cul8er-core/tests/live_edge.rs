@@ -12,7 +12,6 @@ mod live_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -23,10 +22,10 @@ use cul8er_core::plan::{Action, ObjectKind};
 use cul8er_core::state::StateDir;
 use cul8er_core::topology::{self, LoadOptions};
 use cul8er_core::{ApplyRequest, Deployment};
-use live_support::{image, incus, incus_quiet, instances_named, proxy_binary, socket};
+use live_support::{image, incus, instances_named, proxy_binary, socket};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// Removes the topology's instances, bridge and server keys when dropped.
+/// Removes the topology's instances, bridge and profiles when dropped.
 struct Cleanup {
     topology: String,
     network: String,
@@ -34,27 +33,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Never panics: a failed listing (the daemon restarting) leaves the leftovers
-        // to the environment script, which removes `cul8er-t-` instances.
-        let listed = Command::new("incus")
-            .env("INCUS_SOCKET", socket())
-            .args(["list", "--format", "csv", "-c", "n"])
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_default();
-        let prefix = format!("{}-", self.topology);
-        for name in listed.lines().filter(|n| n.starts_with(&prefix)) {
-            incus_quiet(&["delete", "--force", name]);
-        }
-        incus_quiet(&["network", "delete", &self.network]);
-        for key in ["lease", "revisions"] {
-            incus_quiet(&[
-                "project",
-                "unset",
-                "default",
-                &format!("user.cul8er.{key}.{}", self.topology),
-            ]);
-        }
+        live_support::remove_topology(&self.topology, Some(&self.network));
     }
 }
 

@@ -28,9 +28,9 @@ use cul8er_core::state::StateDir;
 use cul8er_core::topology::{self, LoadOptions};
 use cul8er_core::{ApplyReport, ApplyRequest, Deployment};
 use live_support::load::{Load, get};
-use live_support::{image, incus, incus_quiet, instances_named, proxy_binary, socket};
+use live_support::{image, incus, instances_named, proxy_binary, socket};
 
-/// Removes the topology's instances, bridge and server keys when dropped.
+/// Removes the topology's instances, bridge and profiles when dropped.
 struct Cleanup {
     topology: String,
     network: Option<String>,
@@ -38,28 +38,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Never panics: a drop during a failed test's unwinding must not abort it.
-        let listed = Command::new("incus")
-            .env("INCUS_SOCKET", socket())
-            .args(["list", "--format", "csv", "-c", "n"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let prefix = format!("{}-", self.topology);
-        for name in listed.lines().filter(|l| l.starts_with(&prefix)) {
-            incus_quiet(&["delete", "--force", name]);
-        }
-        if let Some(network) = &self.network {
-            incus_quiet(&["network", "delete", network]);
-        }
-        for key in ["lease", "revisions"] {
-            incus_quiet(&[
-                "project",
-                "unset",
-                "default",
-                &format!("user.cul8er.{key}.{}", self.topology),
-            ]);
-        }
+        live_support::remove_topology(&self.topology, self.network.as_deref());
     }
 }
 

@@ -29,31 +29,14 @@ use cul8er_core::rollout::RolloutResult;
 use cul8er_core::rollout::switch::Continue;
 use cul8er_core::{ApplyReport, ApplyRequest, DeployError, Deployment};
 use live_support::load::{Load, get};
-use live_support::{Names, image, incus_quiet, instances_named, names, proxy_binary};
+use live_support::{Names, image, instances_named, names, proxy_binary};
 
 /// Removes the topology's instances, bridge and profiles when dropped.
 struct Cleanup(Names);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let prefix = format!("{}-", self.0.topology);
-        for name in instances_named(&prefix).keys() {
-            incus_quiet(&["delete", "--force", name]);
-        }
-        incus_quiet(&["network", "delete", &self.0.network]);
-        for profile in [
-            cul8er_core::lock::lease_profile(&self.0.topology),
-            cul8er_core::rollout::pending::rollout_profile(&self.0.topology),
-            cul8er_core::rollout::pending::pause_profile(&self.0.topology),
-        ] {
-            incus_quiet(&["profile", "delete", &profile]);
-        }
-        incus_quiet(&[
-            "project",
-            "unset",
-            "default",
-            &format!("user.cul8er.revisions.{}", self.0.topology),
-        ]);
+        live_support::remove_topology(&self.0.topology, Some(&self.0.network));
     }
 }
 

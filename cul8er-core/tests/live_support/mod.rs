@@ -1,6 +1,6 @@
 //! Helpers of the live deployment tests: a uniquely named copy of a topology, the
 //! `incus` command as an independent client, and a guard that removes everything the
-//! topology made (instances, its bridge, its lease profile) even when the
+//! topology made (instances, its bridge, its lease and rollout profiles) even when the
 //! test fails.
 //!
 //! The daemon is `CUL8ER_TEST_INCUS_SOCKET` (default `/var/lib/incus/unix.socket`) and
@@ -139,16 +139,35 @@ pub struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let prefix = format!("{}-", self.names.topology);
-        for name in instances_named(&prefix).keys() {
-            incus_quiet(&["delete", "--force", name]);
-        }
-        incus_quiet(&["network", "delete", &self.names.network]);
-        incus_quiet(&[
-            "profile",
-            "delete",
-            &cul8er_core::lock::lease_profile(&self.names.topology),
-        ]);
+        remove_topology(&self.names.topology, Some(&self.names.network));
+    }
+}
+
+/// Removes everything a topology may have made on the test daemon: its instances, its
+/// bridge (when given), and its lease, rollout and pause profiles. Never panics, so a
+/// guard dropped while a failed test unwinds does not abort it: a failed listing (the
+/// daemon restarting) leaves the instances to the environment script, which removes
+/// `cul8er-t-` leftovers.
+pub fn remove_topology(topology: &str, network: Option<&str>) {
+    let listed = Command::new("incus")
+        .env("INCUS_SOCKET", socket())
+        .args(["list", "--format", "csv", "-c", "n"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let prefix = format!("{topology}-");
+    for name in listed.lines().filter(|n| n.starts_with(&prefix)) {
+        incus_quiet(&["delete", "--force", name]);
+    }
+    if let Some(network) = network {
+        incus_quiet(&["network", "delete", network]);
+    }
+    for profile in [
+        cul8er_core::lock::lease_profile(topology),
+        cul8er_core::rollout::pending::rollout_profile(topology),
+        cul8er_core::rollout::pending::pause_profile(topology),
+    ] {
+        incus_quiet(&["profile", "delete", &profile]);
     }
 }
 
