@@ -93,9 +93,12 @@ struct ByHand {
 }
 
 const BUSYBOX: ByHand = ByHand {
-    // Taken out of init's table, then its process ended: nothing respawns it.
+    // Taken out of init's table, then its process ended: nothing respawns it. Busybox
+    // init may end the process itself when it rereads the table (FEATURE_KILL_REMOVED),
+    // so a pid that is already gone is what we asked for too.
     stop: "sed -i '/cul8er-app/d' /etc/inittab && kill -HUP 1 && sleep 0.5 && \
-           kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+           pid=\"$(cut -d' ' -f1 /run/cul8er-app/pid)\" && \
+           { kill -KILL \"$pid\" 2>/dev/null || ! kill -0 \"$pid\" 2>/dev/null; }",
     kill: "kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
 };
 
