@@ -3,15 +3,19 @@
 # HAProxy, each in front of the same two fast backends, with the same wrk load on
 # loopback, then each proxy's memory for 1,000 idle keep-alive connections.
 #
-# Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (default 3),
+# Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (default 5),
 # BENCH_CONNECTIONS (default 64).
+#
+# The three run one after another inside each round, so a burst of other load on the
+# machine falls on all of them alike; the ratios are taken within each round (paired),
+# and their median is the result. The machine's load average is printed with it.
 # Every process started here binds loopback only and is ended by its PID on exit.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 seconds="${BENCH_SECONDS:-10}"
-rounds="${BENCH_ROUNDS:-3}"
+rounds="${BENCH_ROUNDS:-5}"
 connections="${BENCH_CONNECTIONS:-64}"
 threads="$(nproc)"
 scratch="$(mktemp -d /tmp/cul8er-bench-proxy.XXXXXX)"
@@ -141,6 +145,7 @@ cpu_ticks() { # user+system ticks of a process, its threads and its children
 
 median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Rounds alternate the three proxies so that a burst of other load on the machine
 # hits all of them; the table shows each one's median.
 for round in $(seq 1 "$rounds"); do
@@ -190,10 +195,21 @@ echo "each round (requests/s p50 p99 CPU):"
 for proxy in cul8er-proxy nginx haproxy; do
     printf '%-14s %s\n' "$proxy" "$(tr '\n' '|' < "$scratch/rounds-$proxy" | sed 's/|$//; s/|/ | /g')"
 done
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "ratios within each round (throughput / nginx's, p99 / HAProxy's, CPU per request / nginx's):"
+paste -d' ' "$scratch/rounds-cul8er-proxy" "$scratch/rounds-nginx" "$scratch/rounds-haproxy" |
+    awk '{printf "%.2f %.2f %.2f\n", $1 / $5, $3 / $11, $4 / $8}' > "$scratch/ratios"
+awk '{printf "  round %d: %s %s %s\n", NR, $1, $2, $3}' "$scratch/ratios"
+printf 'median of the rounds: throughput / nginx = %s (at least 1 in %s of %s rounds), p99 / haproxy = %s (at most 1 in %s of %s), CPU per request / nginx = %s\n' \
+    "$(awk '{print $1}' "$scratch/ratios" | median)" "$(awk '$1 >= 1' "$scratch/ratios" | wc -l)" "$rounds" \
+    "$(awk '{print $2}' "$scratch/ratios" | median)" "$(awk '$2 <= 1' "$scratch/ratios" | wc -l)" "$rounds" \
+    "$(awk '{print $3}' "$scratch/ratios" | median)"
+echo "load average before: $load_before; after: $load_after"
 awk -v c="${rps[cul8er-proxy]}" -v n="${rps[nginx]}" -v h="${rps[haproxy]}" \
     -v cp="${p99[cul8er-proxy]}" -v hp="${p99[haproxy]}" -v np="${p99[nginx]}" \
     -v cc="${cpu[cul8er-proxy]}" -v nc="${cpu[nginx]}" -v hc="${cpu[haproxy]}" 'BEGIN {
-    printf "\nthroughput: cul8er-proxy / nginx = %.2f, cul8er-proxy / haproxy = %.2f\n", c / n, c / h
+    printf "\nof the medians: throughput: cul8er-proxy / nginx = %.2f, cul8er-proxy / haproxy = %.2f\n", c / n, c / h
     printf "p99: cul8er-proxy / haproxy = %.2f, cul8er-proxy / nginx = %.2f\n", cp / hp, cp / np
     printf "CPU per request: cul8er-proxy / nginx = %.2f, cul8er-proxy / haproxy = %.2f\n", cc / nc, cc / hc
 }'
