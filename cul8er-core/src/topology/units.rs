@@ -81,19 +81,9 @@ impl FromStr for Duration {
     type Err = UnitError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut millis: u64 = 0;
-        for (number, unit) in split_quantities(text)? {
-            let factor = DURATION_UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .map(|(_, factor)| *factor)
-                .ok_or_else(|| UnitError::UnknownUnit {
-                    unit: unit.to_owned(),
-                })?;
-            let part = number.checked_mul(factor).ok_or(UnitError::Overflow)?;
-            millis = millis.checked_add(part).ok_or(UnitError::Overflow)?;
-        }
-        Ok(Self { millis })
+        Ok(Self {
+            millis: sum_quantities(text, DURATION_UNITS)?,
+        })
     }
 }
 
@@ -196,19 +186,9 @@ impl FromStr for ByteSize {
     type Err = UnitError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut bytes: u64 = 0;
-        for (number, unit) in split_quantities(text)? {
-            let factor = SIZE_UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .map(|(_, factor)| *factor)
-                .ok_or_else(|| UnitError::UnknownUnit {
-                    unit: unit.to_owned(),
-                })?;
-            let part = number.checked_mul(factor).ok_or(UnitError::Overflow)?;
-            bytes = bytes.checked_add(part).ok_or(UnitError::Overflow)?;
-        }
-        Ok(Self { bytes })
+        Ok(Self {
+            bytes: sum_quantities(text, SIZE_UNITS)?,
+        })
     }
 }
 
@@ -233,6 +213,24 @@ impl fmt::Display for ByteSize {
         }
         write!(f, "{bytes}B")
     }
+}
+
+/// The sum of `1h30m`'s parts in the base unit of `units` (each unit's name with its
+/// factor), checked for overflow.
+fn sum_quantities(text: &str, units: &[(&str, u64)]) -> Result<u64, UnitError> {
+    let mut total: u64 = 0;
+    for (number, unit) in split_quantities(text)? {
+        let factor = units
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, factor)| *factor)
+            .ok_or_else(|| UnitError::UnknownUnit {
+                unit: unit.to_owned(),
+            })?;
+        let part = number.checked_mul(factor).ok_or(UnitError::Overflow)?;
+        total = total.checked_add(part).ok_or(UnitError::Overflow)?;
+    }
+    Ok(total)
 }
 
 /// Splits `1h30m` into `[(1, "h"), (30, "m")]`; whitespace between parts is allowed.
