@@ -16,37 +16,12 @@ root="$(cd "$here/../.." && pwd)"
 seconds="${BENCH_SECONDS:-10}"
 scratch="$(mktemp -d /tmp/cul8er-bench-instructions.XXXXXX)"
 chmod 755 "$scratch" # nginx's worker runs as an unprivileged user
-pids=()
-
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT
+. "$here/common.sh"
 
 for tool in valgrind callgrind_control wrk nginx; do
     command -v "$tool" >/dev/null || { echo "$tool is needed (Debian: valgrind, wrk, nginx)" >&2; exit 1; }
 done
-for port in 18181 18182 18190 18191; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "port $port is already in use on 127.0.0.1; stop what holds it first" >&2
-        exit 1
-    fi
-done
-
-wait_port() {
-    for _ in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
+ports_free 18181 18182 18190 18191 || exit 1
 
 echo "building (release)..." >&2
 (cd "$root" && cargo build --release --quiet -p cul8er-proxy --bin cul8er-proxy --example bench_backend)

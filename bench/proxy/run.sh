@@ -20,18 +20,7 @@ connections="${BENCH_CONNECTIONS:-64}"
 threads="$(nproc)"
 scratch="$(mktemp -d /tmp/cul8er-bench-proxy.XXXXXX)"
 chmod 755 "$scratch" # nginx workers run as an unprivileged user
-pids=()
-
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT
+. "$here/common.sh"
 
 install_missing() {
     local missing=()
@@ -52,15 +41,6 @@ install_missing() {
     [ "$created" = 1 ] && rm -f "$policy"
 }
 
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
-
 rss_kib() { # the summed resident memory of a process and its children
     local total=0 pid
     for pid in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
@@ -77,12 +57,7 @@ to_ms() { # wrk latency text (e.g. 512.00us, 1.20ms, 2.00s) to milliseconds
 }
 
 install_missing
-for port in 18081 18082 18090 18091 18092; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "port $port is already in use on 127.0.0.1; stop what holds it first" >&2
-        exit 1
-    fi
-done
+ports_free 18081 18082 18090 18091 18092 || exit 1
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "building (release)..." >&2
