@@ -221,24 +221,6 @@ impl GeneratedIdentity {
     }
 }
 
-/// Days since 1970-01-01 to a civil date (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        i32::try_from(y).unwrap_or(9999),
-        u8::try_from(m).unwrap_or(1),
-        u8::try_from(d).unwrap_or(1),
-    )
-}
-
 /// Generates a client certificate as Incus does: ECDSA P-384, `O=Linux Containers`,
 /// `CN=common_name`, client-auth usage, valid from today for ten years.
 ///
@@ -257,13 +239,15 @@ pub fn generate_client_certificate(common_name: &str) -> Result<GeneratedIdentit
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name);
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(days - 1);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    params.not_after = rcgen::date_time_ymd(y + 10, m, d.min(28));
+    // From yesterday (a client clock a little behind is fine) for ten years.
+    let today = time::OffsetDateTime::now_utc().date();
+    let from = today.previous_day().unwrap_or(today);
+    params.not_before = from.midnight().assume_utc();
+    params.not_after = from
+        .replace_year(from.year() + 10)
+        .unwrap_or_else(|_| from.saturating_add(time::Duration::days(3652)))
+        .midnight()
+        .assume_utc();
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::DigitalSignature,
         rcgen::KeyUsagePurpose::KeyEncipherment,
@@ -280,14 +264,6 @@ pub fn generate_client_certificate(common_name: &str) -> Result<GeneratedIdentit
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-    }
 
     #[test]
     fn token_round_trip() {
