@@ -906,27 +906,14 @@ impl<'a> Decoder<'a> {
                 String::new()
             }
         };
+        let image = ImageRef::Alias {
+            remote: None,
+            alias: String::new(),
+        };
         let mut resource = Resource {
-            name,
             kind,
             host,
-            image: ImageRef::Alias {
-                remote: None,
-                alias: String::new(),
-            },
-            replicas: 1,
-            profiles: Vec::new(),
-            placement: None,
-            limits: Limits::default(),
-            networks: Vec::new(),
-            volumes: Vec::new(),
-            environment: Vec::new(),
-            release: None,
-            config: BTreeMap::new(),
-            devices: BTreeMap::new(),
-            strategy: Strategy::default(),
-            security: None,
-            zone: None,
+            ..Resource::new(name, image)
         };
         let mut seen = HashMap::new();
         let mut has_image = false;
