@@ -122,9 +122,12 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Rounds alternate the three proxies so that a burst of other load on the machine
-# hits all of them; the table shows each one's median.
+# hits all of them, and each round starts with the next one, so none is always first;
+# the table shows each one's median.
+order=(cul8er-proxy nginx haproxy)
 for round in $(seq 1 "$rounds"); do
-    for proxy in cul8er-proxy nginx haproxy; do
+    for turn in 0 1 2; do
+        proxy="${order[$(((round - 1 + turn) % 3))]}"
         pid="$(start_proxy "$proxy")"
         pids+=("$pid")
         wait_port "${port[$proxy]}"
