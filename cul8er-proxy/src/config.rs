@@ -261,6 +261,11 @@ pub struct TimeoutConfig {
     /// How long an unused pooled connection to a backend is kept.
     #[serde(default = "default_upstream_idle", with = "duration_text")]
     pub idle: Duration,
+    /// The longest a request or response body may go without a byte moving, whichever
+    /// side holds it up (the sender not sending or the receiver not reading); past it
+    /// the exchange is ended.
+    #[serde(default = "default_body_timeout", with = "duration_text")]
+    pub body: Duration,
 }
 
 impl Default for TimeoutConfig {
@@ -269,6 +274,7 @@ impl Default for TimeoutConfig {
             connect: default_connect_timeout(),
             response_headers: default_response_headers_timeout(),
             idle: default_upstream_idle(),
+            body: default_body_timeout(),
         }
     }
 }
@@ -323,6 +329,9 @@ fn default_response_headers_timeout() -> Duration {
 }
 fn default_upstream_idle() -> Duration {
     Duration::from_secs(90)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// A configuration that could not be read or is not valid.
@@ -525,6 +534,9 @@ impl ProxyConfig {
                     format!("{at}.timeouts"),
                     "connect and response_headers must be > 0s",
                 );
+            }
+            if service.timeouts.body.is_zero() {
+                problem(format!("{at}.timeouts.body"), "must be longer than 0s");
             }
         }
 
@@ -773,6 +785,35 @@ health_check = { rise = 0 }
         assert!(
             message.contains("no service is named 'missing'"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn the_body_timeout_defaults_to_a_minute_and_must_be_longer_than_zero() {
+        let mut config = ProxyConfig::from_toml(EXAMPLE, "example").unwrap();
+        assert_eq!(
+            config.service("api").unwrap().timeouts.body,
+            Duration::from_secs(60)
+        );
+        config.services[0].timeouts.body = Duration::ZERO;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("a zero body timeout was accepted")
+        };
+        assert_eq!(
+            problems,
+            [ConfigProblem {
+                at: "services[api].timeouts.body".to_owned(),
+                message: "must be longer than 0s".to_owned(),
+            }]
+        );
+        let text = EXAMPLE.replace(
+            "health_check = {",
+            "timeouts = { body = \"5m\" }\nhealth_check = {",
+        );
+        let config = ProxyConfig::from_toml(&text, "body").unwrap();
+        assert_eq!(
+            config.service("api").unwrap().timeouts.body,
+            Duration::from_secs(300)
         );
     }
 

@@ -320,6 +320,9 @@ where
         let Some((service, first)) = routed else {
             return End::Handover(Bytes::copy_from_slice(buffer.bytes()));
         };
+        // The idle timer waits for nothing during the exchange: it bounds the request
+        // body's stalls, and the header timer, once the response head is in, the
+        // response body's.
         let after = Box::pin(exchange(
             io,
             &mut buffer,
@@ -327,6 +330,7 @@ where
             &service,
             first,
             header_timer.as_mut(),
+            idle_timer.as_mut(),
         ))
         .await;
         match after {
@@ -1089,6 +1093,11 @@ enum RelayError {
     Framing(&'static str),
     #[error("{DRAIN_CUT}")]
     Cut,
+    #[error(
+        "no byte of the body moved for {}: the {side} stopped",
+        crate::config::format_duration(*limit)
+    )]
+    Stalled { side: Waiting, limit: Duration },
 }
 
 /// Which side a relay waits on.
@@ -1098,9 +1107,112 @@ enum Waiting {
     Sink,
 }
 
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Source => "sender",
+            Self::Sink => "receiver",
+        })
+    }
+}
+
+/// A relay's stall deadline: `limit` after the last byte moved, on a timer the
+/// connection already holds. The timer is reset only when a read or write has to wait
+/// after bytes moved, so a relay that never waits reads no clock and touches no timer,
+/// and a later deadline costs no timer registration (tokio re-registers only one
+/// moved earlier).
+struct Stall<'t> {
+    timer: Pin<&'t mut Sleep>,
+    limit: Duration,
+    armed: bool,
+}
+
+impl<'t> Stall<'t> {
+    fn new(timer: Pin<&'t mut Sleep>, limit: Duration) -> Self {
+        Self {
+            timer,
+            limit,
+            armed: false,
+        }
+    }
+
+    /// Passes on a read or write's poll; `Ready(None)` when it has waited past the
+    /// deadline.
+    fn poll<T>(&mut self, cx: &mut Context<'_>, polled: Poll<T>) -> Poll<Option<T>> {
+        if let Poll::Ready(value) = polled {
+            self.armed = false;
+            return Poll::Ready(Some(value));
+        }
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+        self.timer.as_mut().poll(cx).map(|()| None)
+    }
+
+    fn stalled(&self, side: Waiting) -> RelayError {
+        RelayError::Stalled {
+            side,
+            limit: self.limit,
+        }
+    }
+
+    /// Writes all of `bytes`, each write within the deadline.
+    async fn write_all<W: AsyncWrite + Unpin>(
+        &mut self,
+        sink: &mut W,
+        mut bytes: &[u8],
+    ) -> Result<(), RelayError> {
+        poll_fn(|cx| {
+            while !bytes.is_empty() {
+                let written = Pin::new(&mut *sink).poll_write(cx, bytes);
+                match ready!(self.poll(cx, written)) {
+                    None => return Poll::Ready(Err(self.stalled(Waiting::Sink))),
+                    Some(Ok(0)) => {
+                        let error = io::Error::from(io::ErrorKind::WriteZero);
+                        return Poll::Ready(Err(RelayError::Write(error)));
+                    }
+                    Some(Ok(n)) => bytes = &bytes[n..],
+                    Some(Err(error)) => return Poll::Ready(Err(RelayError::Write(error))),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, sink: &mut W) -> Result<(), RelayError> {
+        poll_fn(|cx| {
+            let flushed = Pin::new(&mut *sink).poll_flush(cx);
+            match ready!(self.poll(cx, flushed)) {
+                None => Poll::Ready(Err(self.stalled(Waiting::Sink))),
+                Some(result) => Poll::Ready(result.map_err(RelayError::Write)),
+            }
+        })
+        .await
+    }
+
+    /// Reads once into `buffer`, within the deadline.
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        buffer: &mut Buffer,
+        source: &mut R,
+    ) -> Result<usize, RelayError> {
+        poll_fn(|cx| {
+            let read = buffer.poll_fill(source, cx);
+            match ready!(self.poll(cx, read)) {
+                None => Poll::Ready(Err(self.stalled(Waiting::Source))),
+                Some(result) => Poll::Ready(result.map_err(RelayError::Read)),
+            }
+        })
+        .await
+    }
+}
+
 /// Relays a body from `source` (bytes already read in `buffer`) to `sink`, after the
 /// bytes already in `out` (a head); leaves in `buffer` whatever follows the body.
-/// `waiting` tells, when the relay is stopped from outside, which side held it up.
+/// `waiting` tells, when the relay is stopped from outside, which side held it up;
+/// `stall` ends it when a side holds it up too long.
 async fn relay<R, W>(
     source: &mut R,
     buffer: &mut Buffer,
@@ -1108,6 +1220,7 @@ async fn relay<R, W>(
     sink: &mut W,
     out: &mut Vec<u8>,
     waiting: &mut Waiting,
+    mut stall: Stall<'_>,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -1137,28 +1250,24 @@ where
             Framing::UntilClose => (available.len(), false),
         };
         if out.is_empty() && take > 0 {
-            sink.write_all(&available[..take])
-                .await
-                .map_err(RelayError::Write)?;
+            stall.write_all(sink, &available[..take]).await?;
         } else {
             out.extend_from_slice(&available[..take]);
         }
         buffer.consume(take);
         if !out.is_empty() {
-            sink.write_all(out).await.map_err(RelayError::Write)?;
+            stall.write_all(sink, out).await?;
             out.clear();
         }
+        stall.flush(sink).await?;
         if done {
-            sink.flush().await.map_err(RelayError::Write)?;
             return Ok(());
         }
-        sink.flush().await.map_err(RelayError::Write)?;
         *waiting = Waiting::Source;
-        match buffer.fill(source).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(()),
-            Ok(0) => return Err(RelayError::Truncated),
-            Ok(_) => {}
-            Err(error) => return Err(RelayError::Read(error)),
+        match stall.fill(buffer, source).await? {
+            0 if framing == Framing::UntilClose => return Ok(()),
+            0 => return Err(RelayError::Truncated),
+            _ => {}
         }
     }
 }
@@ -1216,6 +1325,7 @@ async fn exchange<I>(
     service: &ServiceRuntime,
     first: usize,
     mut header_timer: Pin<&mut Sleep>,
+    mut body_timer: Pin<&mut Sleep>,
 ) -> After
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -1289,6 +1399,7 @@ where
                 head.head_method,
                 head.close,
                 header_timer.as_mut(),
+                Stall::new(body_timer.as_mut(), timeouts.body),
                 cut.as_mut(),
             )
             .await;
@@ -1344,6 +1455,14 @@ where
                         format!("400 Bad Request: the request body is malformed: {reason}");
                     return local_answer(io, StatusCode::BAD_REQUEST, message, false, true).await;
                 }
+                if let RelayError::Stalled { limit, .. } = error {
+                    let message = format!(
+                        "408 Request Timeout: the request body stopped arriving for {}",
+                        crate::config::format_duration(limit)
+                    );
+                    return local_answer(io, StatusCode::REQUEST_TIMEOUT, message, false, true)
+                        .await;
+                }
                 return After::Close;
             }
             Sent::TimedOut => {
@@ -1387,17 +1506,37 @@ where
         backend_buffer.consume(response.length);
         let mut out = response.out;
         let mut waiting = Waiting::Sink;
+        // The response body's stalls are bounded on the header timer: its deadline
+        // has passed its use.
+        let stall = Stall::new(header_timer.as_mut(), timeouts.body);
         let relayed = tokio::select! {
             biased;
-            relayed = relay(&mut stream, &mut backend_buffer, response.framing, io, &mut out, &mut waiting) => relayed,
+            relayed = relay(&mut stream, &mut backend_buffer, response.framing, io, &mut out, &mut waiting, stall) => relayed,
             () = cut.as_mut() => Err(RelayError::Cut),
         };
         drop(guard);
         if let Err(error) = relayed {
-            tracing::debug!(
-                service = %service.config.name, backend = %backend.name,
-                error = %crate::admin::error_chain(&error), "response relay ended early"
-            );
+            // The head is sent: no status can be given any more, so the client
+            // connection closes, and the backend's is not reused.
+            match error {
+                RelayError::Stalled { side, .. } => {
+                    let stalled = if side == Waiting::Source {
+                        // The backend stopped sending: an error of the backend's.
+                        backend.metrics.record_broken_body();
+                        "backend"
+                    } else {
+                        "client"
+                    };
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name, stalled,
+                        error = %crate::admin::error_chain(&error), "response body stalled"
+                    );
+                }
+                error => tracing::debug!(
+                    service = %service.config.name, backend = %backend.name,
+                    error = %crate::admin::error_chain(&error), "response relay ended early"
+                ),
+            }
             return After::Close;
         }
         if response.reusable && body_read && backend_buffer.is_empty() {
@@ -1453,6 +1592,7 @@ async fn send<I>(
     head_method: bool,
     close_client: bool,
     header_timer: Pin<&mut Sleep>,
+    stall: Stall<'_>,
     cut: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Sent
 where
@@ -1482,7 +1622,8 @@ where
                     framing,
                     &mut writer,
                     &mut request_out,
-                    &mut waiting
+                    &mut waiting,
+                    stall,
                 ));
                 loop {
                     tokio::select! {
@@ -1500,7 +1641,14 @@ where
             waiting = Waiting::Sink;
             match sent {
                 Some(Ok(())) => {}
-                Some(Err(error @ RelayError::Write(_))) => {
+                // The backend stopped taking the body: its doing.
+                Some(Err(
+                    error @ (RelayError::Write(_)
+                    | RelayError::Stalled {
+                        side: Waiting::Sink,
+                        ..
+                    }),
+                )) => {
                     return Sent::Failed {
                         error: ExchangeError::Body(error),
                         stale: false,

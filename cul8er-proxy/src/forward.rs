@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -17,7 +18,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::backend::{ActiveGuard, Backend};
@@ -74,6 +75,8 @@ pub(crate) enum ProxyBody {
 pub(crate) struct Tracked {
     body: Incoming,
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Ends the body when the backend sends nothing for the service's body timeout.
+    deadline: BodyDeadline,
     /// Whether the body was read to its end.
     finished: bool,
     /// The pooled HTTP/1.1 connection it came on, returned once the body is read.
@@ -94,35 +97,113 @@ impl Drop for Tracked {
     }
 }
 
-/// A client's request body on its way to a backend. It records whether its last poll
-/// waited on the client, so that a deadline passing then is put down to the client.
+/// A body no byte of which moved for its service's body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no byte of the {what} moved for {}", crate::config::format_duration(*limit))]
+pub(crate) struct BodyStalled {
+    what: &'static str,
+    limit: Duration,
+}
+
+/// A per-frame deadline on a body: `limit` after the last frame, checked while the
+/// body waits. Its timer is made the first time the body waits and reset only when it
+/// waits again after a frame, so a body that never waits costs nothing, and a later
+/// deadline costs no timer registration.
+struct BodyDeadline {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl BodyDeadline {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// A frame came: the next wait starts a new deadline.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// Called while the body waits: whether the deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            self.armed = true;
+            let deadline = Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
+
+    fn stalled(&self, what: &'static str) -> BodyStalled {
+        BodyStalled {
+            what,
+            limit: self.limit,
+        }
+    }
+}
+
+/// What the sender of a client's body learns from it: whether its last poll waited on
+/// the client, so that a deadline passing then is put down to the client, and whether
+/// it ended because the client sent nothing for the body timeout.
+#[derive(Default)]
+pub(crate) struct ClientBodyWatch {
+    waiting: AtomicBool,
+    stalled: AtomicBool,
+}
+
+/// A client's request body on its way to a backend, ended when the client sends
+/// nothing for the service's body timeout.
 pub(crate) struct ClientBody {
     body: Incoming,
     /// `None` for an empty body: nothing to wait for.
-    waiting: Option<Arc<AtomicBool>>,
+    watch: Option<Arc<ClientBodyWatch>>,
+    deadline: BodyDeadline,
 }
 
 impl ClientBody {
-    fn new(body: Incoming) -> Self {
-        let waiting = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        Self { body, waiting }
+    fn new(body: Incoming, limit: Duration) -> Self {
+        let watch = (!body.is_end_stream()).then(|| Arc::new(ClientBodyWatch::default()));
+        Self {
+            body,
+            watch,
+            deadline: BodyDeadline::new(limit),
+        }
     }
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(waiting) = &this.waiting {
-            waiting.store(polled.is_pending(), Ordering::Relaxed);
+        if let Some(watch) = &this.watch {
+            watch.waiting.store(polled.is_pending(), Ordering::Relaxed);
+            if polled.is_pending() {
+                if this.deadline.poll_expired(cx) {
+                    watch.stalled.store(true, Ordering::Relaxed);
+                    let stalled = this.deadline.stalled("request body from the client");
+                    return Poll::Ready(Some(Err(stalled.into())));
+                }
+            } else {
+                this.deadline.progressed();
+            }
         }
-        polled
+        polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -235,16 +316,32 @@ impl Body for ProxyBody {
                         tracked.finished = true;
                         Poll::Ready(None)
                     }
-                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                    Poll::Ready(frame) => {
+                        tracked.deadline.progressed();
+                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                    }
                     Poll::Pending => {
                         // Only a waiting body needs waking when its backend is cut.
                         let cut = tracked
                             .cut
                             .get_or_insert_with(|| Box::pin(backend.cut.clone().cancelled_owned()));
-                        match cut.as_mut().poll(cx) {
-                            Poll::Ready(()) => Poll::Ready(Some(Err(DRAIN_CUT.into()))),
-                            Poll::Pending => Poll::Pending,
+                        if cut.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Some(Err(DRAIN_CUT.into())));
                         }
+                        if tracked.deadline.poll_expired(cx) {
+                            // The backend stopped sending: an error of the backend's.
+                            // The client connection ends (HTTP/1.1) or the stream is
+                            // reset (HTTP/2), and the backend's is not reused.
+                            backend.metrics.record_broken_body();
+                            let stalled =
+                                tracked.deadline.stalled("response body from the backend");
+                            tracing::debug!(
+                                backend = %backend.name, stalled = "backend", error = %stalled,
+                                "response body stalled"
+                            );
+                            return Poll::Ready(Some(Err(stalled.into())));
+                        }
+                        Poll::Pending
                     }
                 }
             }
@@ -377,7 +474,7 @@ async fn forward(
     };
     let mut body = Some(body);
     // Set while the client's body is sent: whether it waits on the client.
-    let mut waiting: Option<Arc<AtomicBool>> = None;
+    let mut watch: Option<Arc<ClientBodyWatch>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure = None;
     for attempt in 0..attempts {
@@ -443,8 +540,8 @@ async fn forward(
         } else {
             match body.take() {
                 Some(b) => {
-                    let b = ClientBody::new(b);
-                    waiting.clone_from(&b.waiting);
+                    let b = ClientBody::new(b, service.config.timeouts.body);
+                    watch.clone_from(&b.watch);
                     Either::Left(b)
                 }
                 None => break,
@@ -507,6 +604,7 @@ async fn forward(
                 let tracked = Tracked {
                     body,
                     cut: None,
+                    deadline: BodyDeadline::new(service.config.timeouts.body),
                     finished: false,
                     connection,
                     active: guard,
@@ -516,6 +614,30 @@ async fn forward(
             }
             // The client's failures are not the backend's: nothing is recorded against
             // it, or clients could have healthy backends ejected.
+            Ok(Err(failure))
+                if watch
+                    .as_ref()
+                    .is_some_and(|w| w.stalled.load(Ordering::Relaxed)) =>
+            {
+                // Counted as a request without an answer, as on the fast path.
+                backend.metrics.record_error(elapsed);
+                let error = match failure {
+                    Failure::Connect(error)
+                    | Failure::ClientBody(error)
+                    | Failure::Backend(error) => error,
+                };
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name, stalled = "client",
+                    %error, "request body stalled"
+                );
+                return closing(local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "408 Request Timeout: the request body stopped arriving for {}",
+                        crate::config::format_duration(service.config.timeouts.body)
+                    ),
+                ));
+            }
             Ok(Err(Failure::ClientBody(error))) => {
                 // Counted as a request without an answer, as on the fast path.
                 backend.metrics.record_error(elapsed);
@@ -553,7 +675,11 @@ async fn forward(
                 tried.push(index);
             }
             // Still waiting on the client's body: its doing, not the backend's.
-            Err(_) if waiting.as_ref().is_some_and(|w| w.load(Ordering::Relaxed)) => {
+            Err(_)
+                if watch
+                    .as_ref()
+                    .is_some_and(|w| w.waiting.load(Ordering::Relaxed)) =>
+            {
                 backend.metrics.record_error(elapsed);
                 return closing(local(
                     StatusCode::REQUEST_TIMEOUT,

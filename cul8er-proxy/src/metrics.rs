@@ -107,6 +107,12 @@ impl BackendMetrics {
         record_latency(shard, latency);
     }
 
+    /// Records an answer whose body the backend stopped sending: an error, its time to
+    /// headers already recorded with its status.
+    pub(crate) fn record_broken_body(&self) {
+        self.shard().errors.fetch_add(1, Relaxed);
+    }
+
     /// Records a TCP connection's connect time.
     pub(crate) fn record_connected(&self, latency: Duration) {
         record_latency(self.shard(), latency);
@@ -274,7 +280,8 @@ pub struct BackendStats {
     pub requests: u64,
     /// Its answers by status class.
     pub responses: StatusCounts,
-    /// Requests it did not answer (connect errors, timeouts, broken connections).
+    /// Requests it did not answer (connect errors, timeouts, broken connections), and
+    /// answers whose body it stopped sending.
     pub errors: u64,
     /// Time to response headers.
     pub latency: LatencySummary,
