@@ -22,7 +22,9 @@
 #      127.0.0.3:8443) form a two-member Incus cluster, members member2 and member3,
 #      with a `default` dir pool and cul8er-busybox.
 #   7. Test instances named cul8er-t-* that are older than CUL8ER_ENV_STALE_MINUTES
-#      (default 60) are deleted: leftovers of runs that died before their cleanup.
+#      (default 60) are deleted: leftovers of runs that died before their cleanup; so are
+#      the lease, rollout and pause profiles of those test topologies
+#      (cul8er-{lease,rollout,pause}-cul8er-t-*) whose record is that old.
 #   8. The facts tests need are written to /run/cul8er-test-env (see write_env_file).
 #
 # Runs as root. Daemon logs: /var/log/incus/incusd.log (main, when started here) and
@@ -625,6 +627,40 @@ delete_test_instances() {
     done <<<"$instances"
 }
 
+# Deletes the lease, rollout and pause profiles of test topologies (cul8er-t-*) on the
+# daemon of DIR whose record is older than MINUTES (all of them when MINUTES=0): left by
+# runs that died before their cleanup. A profile's age is its record's own time (the
+# lease's expiry, a rollout's or pause request's `at`), since Incus keeps no creation
+# time for profiles; one without a readable time is left to `down`. Profiles of other
+# topologies are never touched.
+delete_test_profiles() {
+    local dir=$1 minutes=$2 now profiles project name
+    now="$(date +%s)"
+    step "delete leftover test profiles ($dir)" "delete them by hand: \`INCUS_DIR=$dir incus profile delete --project PROJECT NAME\`"
+    profiles="$(incus_at "$dir" query "/1.0/profiles?recursion=1&all-projects=true")"
+    profiles="$(jq -r --arg prefix "$TEST_PREFIX" --argjson now "$now" --argjson minutes "$minutes" '
+        def record_time:
+            (.config["user.cul8er.lease"] // .config["user.cul8er.rollout"] // .config["user.cul8er.pause"] // "")
+            | (try fromjson catch null)
+            | if type != "object" then null
+              elif (.expires | type) == "number" then .expires
+              elif (.at | type) == "string" then
+                  (try (.at | sub("\\.[0-9]+"; "") | sub("(Z|[+-]00:00)$"; "Z") | fromdateiso8601) catch null)
+              else null end;
+        .[] | select(.name as $name
+                | ["cul8er-lease-", "cul8er-rollout-", "cul8er-pause-"]
+                | any(. as $kind | $name | startswith($kind + $prefix)))
+            | record_time as $time
+            | select($minutes == 0 or ($time != null and ($now - $time) > $minutes * 60))
+            | "\(.project) \(.name)"' <<<"$profiles")"
+    while read -r project name; do
+        [ -n "$name" ] || continue
+        say "deleting leftover test profile $name (project $project) on $dir"
+        incus_at "$dir" profile delete --project "$project" "$name" >/dev/null 2>&1 ||
+            say "could not delete profile $name on $dir (gone already, or in use?)"
+    done <<<"$profiles"
+}
+
 # --- 8. the env file ------------------------------------------------------------------
 
 # The facts tests need, as shell assignments that keep values already set in the
@@ -715,6 +751,8 @@ cmd_up() {
 
     delete_test_instances "$MAIN_DIR" "$STALE_MINUTES"
     delete_test_instances "${MEMBER_DIR[member2]}" "$STALE_MINUTES"
+    delete_test_profiles "$MAIN_DIR" "$STALE_MINUTES"
+    delete_test_profiles "${MEMBER_DIR[member2]}" "$STALE_MINUTES"
 
     step "write $ENV_FILE"
     write_env_file
@@ -746,6 +784,7 @@ cmd_down() {
     done
     if [ "$cluster_only" = 0 ] && daemon_answers "$MAIN_DIR"; then
         delete_test_instances "$MAIN_DIR" 0
+        delete_test_profiles "$MAIN_DIR" 0
         step "down: delete the test images" "delete them by hand: \`incus image list\`, \`incus image delete\`"
         local alias
         for alias in "$BUSYBOX_ALIAS" "$DEBIAN_ALIAS" "$OPENRC_ALIAS"; do
