@@ -76,7 +76,7 @@ fn running(topology: &str) -> PendingRollout {
         resource: "api".to_owned(),
         version: Some("4".to_owned()),
         strategy: SwitchStrategy::Canary,
-        phase: Phase::Running,
+        phase: Phase::RUNNING,
         old_set: InstanceSet {
             set: String::new(),
             members: vec![member("t-api-1")],

@@ -125,8 +125,17 @@ impl SwitchStrategy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Phase {
-    /// A command is driving it now (it checks for a pause request between steps).
-    Running,
+    /// A command is driving it now (it checks for a pause request between steps), or
+    /// the command was killed: the lease then tells which.
+    Running {
+        /// Canary: the step being moved to. It is recorded before the edge's weights
+        /// move, so the edge holds this step's weights or the step before's; going on
+        /// from here applies this step's weights again (the same weights twice change
+        /// nothing) and never lowers the canary's share. `None` before the steps
+        /// (bring-up, blue-green).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepAt>,
+    },
     /// Blue-green: the new set passed its gates at weight 0 and waits for `promote`.
     PausedBeforeSwitch,
     /// Canary: the canary holds `weight` percent of traffic at step `index` (from 0
@@ -143,18 +152,33 @@ pub enum Phase {
     Switched,
 }
 
+/// A canary step: its place in the steps and the canary's share of traffic there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepAt {
+    /// The step, counted from 0.
+    pub index: usize,
+    /// The canary's share of traffic, in percent.
+    pub weight: u32,
+}
+
 impl Phase {
+    /// A running rollout before (or without) canary steps.
+    pub const RUNNING: Self = Self::Running { step: None };
+
     /// Whether no command is driving the rollout.
     #[must_use]
     pub fn is_paused(self) -> bool {
-        !matches!(self, Self::Running)
+        !matches!(self, Self::Running { .. })
     }
 }
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Running => f.write_str("running"),
+            Self::Running { step: None } => f.write_str("running"),
+            Self::Running {
+                step: Some(StepAt { index, weight }),
+            } => write!(f, "running at step {} ({weight}% to the canary)", index + 1),
             Self::PausedBeforeSwitch => f.write_str("paused before the switch"),
             Self::Switched => f.write_str("switched, the new set not yet marked as serving"),
             Self::PausedAtStep { index, weight } => {
@@ -269,6 +293,99 @@ impl fmt::Display for PendingRollout {
             write!(f, " ({reason})")?;
         }
         write!(f, " since {} by {}", self.at, self.holder)
+    }
+}
+
+impl PendingRollout {
+    /// Where the rollout stands given the weights the edge holds now (`edge`: the
+    /// backends of the record's host's edge).
+    ///
+    /// The record is written before each move of traffic, so a command killed
+    /// between the edge's switch and saving the `switched` record leaves a `running`
+    /// record whose switch has happened. The edge is the truth about traffic: when it
+    /// gives the old set nothing and the new set something, the rollout is
+    /// [`Phase::Switched`], and `abort` must not undo it. Any other record, an edge
+    /// without the new set's backends, or a rollout without the edge keeps the
+    /// record's phase.
+    #[must_use]
+    pub fn phase_on_edge(&self, edge: &[BackendWeight]) -> Phase {
+        if !matches!(self.phase, Phase::Running { .. }) {
+            return self.phase;
+        }
+        // The set's total weight; `None` when none of its backends is on the edge.
+        let weight_of = |set: &InstanceSet| {
+            edge.iter()
+                .filter(|w| {
+                    set.members
+                        .iter()
+                        .any(|m| !m.backend.is_empty() && m.backend == w.backend)
+                })
+                .map(|w| u64::from(w.weight))
+                .reduce(|a, b| a + b)
+        };
+        match (weight_of(&self.old_set), weight_of(&self.new_set)) {
+            (None | Some(0), Some(new)) if new > 0 => Phase::Switched,
+            _ => self.phase,
+        }
+    }
+}
+
+/// The rollout in progress as `cul8er status` reports it (`rollout` in
+/// `status --output json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// Where it stands: the record's phase, read against the edge
+    /// ([`PendingRollout::phase_on_edge`]).
+    pub phase: Phase,
+    /// The record as kept on the Incus server (its own `phase` is what the command
+    /// that wrote it last recorded).
+    pub record: PendingRollout,
+}
+
+impl RolloutStatus {
+    /// The status of `record` given the weights on its edge.
+    #[must_use]
+    pub fn new(record: PendingRollout, edge: &[BackendWeight]) -> Self {
+        Self {
+            phase: record.phase_on_edge(edge),
+            record,
+        }
+    }
+}
+
+impl RolloutStatus {
+    /// The status of `record` read against the edge on its first host among `edges`
+    /// (as `cul8er status` reads them); an edge that does not run says nothing.
+    #[must_use]
+    pub fn on_edges(record: PendingRollout, edges: &[crate::edge::EdgeStatus]) -> Self {
+        let weights: Vec<BackendWeight> = edges
+            .iter()
+            .filter(|e| record.hosts.first() == Some(&e.host))
+            .filter_map(|e| e.health.as_ref())
+            .flat_map(|health| &health.services)
+            .flat_map(|service| {
+                service.backends.iter().map(|b| BackendWeight {
+                    service: service.name.clone(),
+                    backend: b.name.clone(),
+                    weight: b.weight,
+                })
+            })
+            .collect();
+        Self::new(record, &weights)
+    }
+}
+
+impl fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.record)?;
+        if self.phase != self.record.phase {
+            write!(
+                f,
+                "; the edge shows it {}: the command that ran it stopped before recording that",
+                self.phase
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -680,11 +797,137 @@ mod tests {
             "canary rollout of resource api (revision 20261126T044811.042Z, version 4) paused at step 2 (25% to the canary) (pause requested by ops@laptop (pid 42)) since 2026-11-26T04:48:11Z by ops@laptop (pid 42)"
         );
         assert!(paused.phase.is_paused());
-        assert!(!Phase::Running.is_paused());
+        assert!(!Phase::RUNNING.is_paused());
         assert_eq!(
             Phase::PausedBeforeSwitch.to_string(),
             "paused before the switch"
         );
+    }
+
+    fn weight(backend: &str, weight: u32) -> BackendWeight {
+        BackendWeight {
+            service: "api".into(),
+            backend: backend.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn a_running_record_whose_edge_switched_is_switched() {
+        let mut running = record(Phase::RUNNING, None);
+        running.strategy = SwitchStrategy::BlueGreen;
+        // Killed between the edge's switch and the `switched` record.
+        let switched = [weight("shop-api-1", 0), weight("shop-api-1-c", 1)];
+        assert_eq!(running.phase_on_edge(&switched), Phase::Switched);
+        // The old set already retired from the edge: still switched.
+        assert_eq!(
+            running.phase_on_edge(&[weight("shop-api-1-c", 1)]),
+            Phase::Switched
+        );
+        // Killed before the switch: the old set has the traffic, the record stands.
+        let before = [weight("shop-api-1", 1), weight("shop-api-1-c", 0)];
+        assert_eq!(running.phase_on_edge(&before), Phase::RUNNING);
+        // A canary mid-step, and an edge without the sets (or none): as recorded.
+        let step = Phase::Running {
+            step: Some(StepAt {
+                index: 1,
+                weight: 25,
+            }),
+        };
+        let stepping = record(step, None);
+        let mid = [weight("shop-api-1", 3), weight("shop-api-1-c", 1)];
+        assert_eq!(stepping.phase_on_edge(&mid), step);
+        assert_eq!(stepping.phase_on_edge(&[]), step);
+        assert_eq!(
+            stepping.phase_on_edge(&[weight("shop-web-1", 1)]),
+            step,
+            "another resource's backends say nothing"
+        );
+        // Only a running record is read against the edge: a paused one was written
+        // after its edge change.
+        let paused = record(
+            Phase::PausedAtStep {
+                index: 1,
+                weight: 25,
+            },
+            Some(PauseReason::ManualPromotion),
+        );
+        assert_eq!(paused.phase_on_edge(&switched), paused.phase);
+        let status = RolloutStatus::new(running, &switched);
+        assert_eq!(status.phase, Phase::Switched);
+        assert!(
+            status.to_string().ends_with(
+                "; the edge shows it switched, the new set not yet marked as serving: the command that ran it stopped before recording that"
+            ),
+            "{status}"
+        );
+    }
+
+    #[test]
+    fn a_running_record_carries_its_step_and_older_records_still_read() {
+        let at = Phase::Running {
+            step: Some(StepAt {
+                index: 2,
+                weight: 50,
+            }),
+        };
+        let json = serde_json::to_value(at).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "running", "step": {"index": 2, "weight": 50}})
+        );
+        assert_eq!(serde_json::from_value::<Phase>(json).unwrap(), at);
+        assert_eq!(at.to_string(), "running at step 3 (50% to the canary)");
+        // A record written before steps were recorded.
+        let old: Phase = serde_json::from_str(r#"{"kind":"running"}"#).unwrap();
+        assert_eq!(old, Phase::RUNNING);
+        assert_eq!(
+            serde_json::to_string(&Phase::RUNNING).unwrap(),
+            r#"{"kind":"running"}"#
+        );
+    }
+
+    #[test]
+    fn the_status_json_is_the_documented_shape() {
+        let step = Phase::Running {
+            step: Some(StepAt {
+                index: 2,
+                weight: 50,
+            }),
+        };
+        let status = RolloutStatus::new(record(step, None), &[]);
+        let json = serde_json::to_value(&status).unwrap();
+        // docs/deployment-guide.md, "Paused rollouts": the fields a script reads.
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "phase": {"kind": "running", "step": {"index": 2, "weight": 50}},
+                "record": {
+                    "topology": "shop",
+                    "revision": "20261126T044811.042Z",
+                    "resource": "api",
+                    "version": "4",
+                    "strategy": "canary",
+                    "phase": {"kind": "running", "step": {"index": 2, "weight": 50}},
+                    "old_set": {"set": "", "members": [
+                        {"instance": "shop-api-1", "backend": "shop-api-1"}
+                    ]},
+                    "new_set": {"set": "c", "members": [
+                        {"instance": "shop-api-1-c", "backend": "shop-api-1-c"}
+                    ]},
+                    "weights": [
+                        {"service": "api", "backend": "shop-api-1", "weight": 75},
+                        {"service": "api", "backend": "shop-api-1-c", "weight": 25}
+                    ],
+                    "reason": null,
+                    "holder": {"user": "ops", "host": "laptop", "pid": 42},
+                    "at": "2026-11-26T04:48:11Z",
+                    "hosts": ["local"]
+                }
+            })
+        );
+        let back: RolloutStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
     }
 
     #[test]

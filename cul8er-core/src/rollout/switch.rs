@@ -36,7 +36,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::pending::{
-    BackendWeight, InstanceSet, PauseReason, PendingRollout, Phase, SetMember, SwitchStrategy,
+    BackendWeight, InstanceSet, PauseReason, PendingRollout, Phase, SetMember, StepAt,
+    SwitchStrategy,
 };
 use super::run::{Roller, step, wait};
 use super::schedule::{PauseEnd, canary_backend_weights, canary_weights, countdown, pause};
@@ -149,6 +150,18 @@ impl SetRun<'_> {
 
     fn canary(&self) -> Canary {
         self.resource.strategy.canary.clone().unwrap_or_default()
+    }
+
+    /// The canary step that going on from step `from` (or promoting: the last one)
+    /// moves to first.
+    fn step_at(&self, from: usize, promote: bool) -> StepAt {
+        let weights = canary_weights(&self.canary().steps);
+        let last = weights.len().saturating_sub(1);
+        let index = if promote { last } else { from.min(last) };
+        StepAt {
+            index,
+            weight: weights.get(index).copied().unwrap_or(100),
+        }
     }
 
     /// The record of this rollout paused at `phase`.
@@ -343,10 +356,18 @@ impl Roller<'_> {
         {
             // The record of a running rollout, so that `cul8er pause` can reach it
             // and a rollout killed halfway is found. Unrecorded, it does not start.
+            // A canary going on from a step records that step at once: killed
+            // before the step's own record, it is not sent back to the first step.
+            let phase = match entry {
+                Entry::Step { index, promote } => Phase::Running {
+                    step: Some(run.step_at(index, promote)),
+                },
+                _ => Phase::RUNNING,
+            };
             let running = run.record(
                 &self.topology.name,
                 &self.executor.options.revision,
-                Phase::Running,
+                phase,
                 None,
                 Vec::new(),
             );
@@ -986,10 +1007,33 @@ impl Roller<'_> {
             .clone()
             .unwrap_or(super::analysis::DEFAULT_ANALYSIS);
         let last = weights.len().saturating_sub(1);
-        let from = if promote { last } else { from.min(last) };
+        let from = run.step_at(from, promote).index;
+        // The weights last applied on the edge, as the next step's record carries them.
+        let mut in_force = Vec::new();
         for (index, &weight) in weights.iter().enumerate().skip(from) {
             if self.cancel.graceful.is_cancelled() {
                 return Ended::Failed("cancelled by the operator".to_owned());
+            }
+            // The step is recorded before the edge moves: a command killed between
+            // the two leaves the edge at this step's weights or the step before's,
+            // and the next `resume` or `promote` applies this step's again.
+            if let Some(store) = &self.pending {
+                let record = run.record(
+                    &self.topology.name,
+                    &self.executor.options.revision,
+                    Phase::Running {
+                        step: Some(StepAt { index, weight }),
+                    },
+                    None,
+                    in_force.clone(),
+                );
+                if let Err(error) = store.save(&record).await {
+                    return Ended::Failed(format!(
+                        "step {}: cannot record it, so the edge was not moved: {}",
+                        index + 1,
+                        error_chain(&error)
+                    ));
+                }
             }
             let (canary_weight, stable_weight) =
                 canary_backend_weights(weight, run.new.len(), run.old.len());
@@ -1024,6 +1068,7 @@ impl Roller<'_> {
                 Ok(w) => w,
                 Err(reason) => return Ended::Failed(format!("step {}: {reason}", index + 1)),
             };
+            in_force.clone_from(&weights_now);
             self.set_progress(
                 run,
                 format!(
@@ -1264,6 +1309,46 @@ fn describe_pause(pause: Option<Pause>) -> String {
     }
 }
 
+/// Every backend's weight in the edge's configuration.
+fn edge_weights(config: &ProxyConfig) -> Vec<BackendWeight> {
+    config
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().map(|b| BackendWeight {
+                service: s.name.clone(),
+                backend: b.name.clone(),
+                weight: b.weight,
+            })
+        })
+        .collect()
+}
+
+/// Where `action` goes on from for a rollout standing at `phase` (read against the
+/// edge); `None` when it is refused: `abort` never undoes a completed switch.
+fn entry_for(action: Continue, strategy: SwitchStrategy, phase: Phase) -> Option<Entry> {
+    let promote = action == Continue::Promote;
+    Some(match (action, phase) {
+        (Continue::Abort, Phase::Switched) => return None,
+        (Continue::Abort, _) => Entry::Abort,
+        (_, Phase::Switched) => Entry::Finish,
+        // The paused step was judged: on with the next.
+        (_, Phase::PausedAtStep { index, .. }) => Entry::Step {
+            index: index + 1,
+            promote,
+        },
+        // The step being moved to was not judged: its weights again, then on.
+        (_, Phase::Running { step: Some(step) }) => Entry::Step {
+            index: step.index,
+            promote,
+        },
+        (_, Phase::PausedBeforeSwitch | Phase::Running { step: None }) => match strategy {
+            SwitchStrategy::BlueGreen => Entry::Switch,
+            SwitchStrategy::Canary => Entry::Step { index: 0, promote },
+        },
+    })
+}
+
 /// What `cul8er promote`, `resume` and `abort` do to a paused rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Continue {
@@ -1344,27 +1429,6 @@ pub async fn continue_rollout(
         version: record.version.clone(),
         services: services(resource),
     };
-    let entry = match (action, record.phase) {
-        (Continue::Abort, Phase::Switched) => {
-            return Err(format!(
-                "the edge already switched all traffic to {}: `cul8er abort` cannot undo a completed switch; `cul8er promote` finishes it, and `cul8er rollback` then returns to the previous revision",
-                run.new.join(", ")
-            ));
-        }
-        (Continue::Abort, _) => Entry::Abort,
-        (_, Phase::Switched) => Entry::Finish,
-        (_, Phase::PausedAtStep { index, .. }) => Entry::Step {
-            index: index + 1,
-            promote: action == Continue::Promote,
-        },
-        (_, Phase::PausedBeforeSwitch | Phase::Running) => match record.strategy {
-            SwitchStrategy::BlueGreen => Entry::Switch,
-            SwitchStrategy::Canary => Entry::Step {
-                index: 0,
-                promote: action == Continue::Promote,
-            },
-        },
-    };
     let plan = crate::plan::Plan::empty(topology.name.clone());
     let roller = Roller {
         executor,
@@ -1374,6 +1438,29 @@ pub async fn continue_rollout(
         on_event,
         binary: OnceCell::new(),
         pending: Some(store.clone()),
+    };
+    // A `running` record is one whose command stopped (it held the lease this
+    // command now holds): the edge tells whether its switch happened.
+    let phase = if matches!(record.phase, Phase::Running { .. }) && !run.services.is_empty() {
+        let client = executor
+            .clients
+            .get(&run.step.host)
+            .ok_or_else(|| format!("no connection to host {}", run.step.host))?;
+        let config = roller.edge(client).config().await.map_err(|e| {
+            format!(
+                "the rollout's command stopped while it ran, and the edge, which tells whether its switch happened, cannot be read ({}); try again when the edge answers",
+                error_chain(&e)
+            )
+        })?;
+        record.phase_on_edge(&edge_weights(&config))
+    } else {
+        record.phase
+    };
+    let Some(entry) = entry_for(action, record.strategy, phase) else {
+        return Err(format!(
+            "the edge already switched all traffic to {}: `cul8er abort` cannot undo a completed switch; `cul8er promote` finishes it, and `cul8er rollback` then returns to the previous revision",
+            run.new.join(", ")
+        ));
     };
     let mut outcome = ApplyOutcome {
         revision: executor.options.revision.clone(),
@@ -1423,6 +1510,157 @@ mod tests {
         assert_eq!(undo_weight(&old, &new, "shop-web-1-c"), Some(0));
         assert_eq!(undo_weight(&old, &new, "shop-web-2-c"), Some(0));
         assert_eq!(undo_weight(&old, &new, "shop-api-1"), None);
+    }
+
+    fn canary_run(resource: &Resource) -> SetRun<'_> {
+        SetRun {
+            resource,
+            step: Step {
+                host: "local".into(),
+                kind: ObjectKind::Set,
+                name: "t-web-c".into(),
+                action: Action::Replace,
+            },
+            old: vec!["t-web-1".into()],
+            new: vec!["t-web-1-c".into()],
+            old_label: String::new(),
+            new_label: "c".into(),
+            version: None,
+            services: services(resource),
+        }
+    }
+
+    fn canary_topology() -> crate::topology::Topology {
+        let env = |_: &str| None;
+        crate::topology::parse_one(
+            r#"topology t {
+                network n subnet="10.9.0.1/24"
+                resource web {
+                    image "i"
+                    network n { expose 8080 public=18080 protocol=http; }
+                    strategy canary { canary { step 10; step 25 pause="manual"; step 50; step 100; }; }
+                }
+            }"#,
+            "t.kdl",
+            &crate::topology::LoadOptions::new(&env),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_canary_killed_mid_step_goes_on_from_the_recorded_step_never_the_first() {
+        let resume = |phase| entry_for(Continue::Resume, SwitchStrategy::Canary, phase);
+        let promote = |phase| entry_for(Continue::Promote, SwitchStrategy::Canary, phase);
+        let at = |index, weight| Phase::Running {
+            step: Some(StepAt { index, weight }),
+        };
+        // Killed while moving to step 3 (recorded first): step 3's weights again.
+        assert_eq!(
+            resume(at(2, 50)),
+            Some(Entry::Step {
+                index: 2,
+                promote: false
+            })
+        );
+        assert_eq!(
+            promote(at(2, 50)),
+            Some(Entry::Step {
+                index: 2,
+                promote: true
+            })
+        );
+        // Paused at step 2 (judged): on with step 3.
+        assert_eq!(
+            resume(Phase::PausedAtStep {
+                index: 1,
+                weight: 25
+            }),
+            Some(Entry::Step {
+                index: 2,
+                promote: false
+            })
+        );
+        // Killed before any step was recorded (during bring-up): the first step.
+        assert_eq!(
+            resume(Phase::RUNNING),
+            Some(Entry::Step {
+                index: 0,
+                promote: false
+            })
+        );
+        // And the steps run from there: the recorded step's weight, not the first's.
+        let topology = canary_topology();
+        let run = canary_run(&topology.resources[0]);
+        let step = |index, weight| StepAt { index, weight };
+        assert_eq!(run.step_at(2, false), step(2, 50));
+        assert_eq!(run.step_at(1, false), step(1, 25));
+        // Promoting goes to the last step; an index past it stays at the last.
+        assert_eq!(run.step_at(0, true), step(3, 100));
+        assert_eq!(run.step_at(9, false), step(3, 100));
+    }
+
+    #[test]
+    fn a_switch_the_edge_made_is_finished_never_undone() {
+        for strategy in [SwitchStrategy::BlueGreen, SwitchStrategy::Canary] {
+            assert_eq!(entry_for(Continue::Abort, strategy, Phase::Switched), None);
+            assert_eq!(
+                entry_for(Continue::Resume, strategy, Phase::Switched),
+                Some(Entry::Finish)
+            );
+            assert_eq!(
+                entry_for(Continue::Promote, strategy, Phase::Switched),
+                Some(Entry::Finish)
+            );
+            assert_eq!(
+                entry_for(Continue::Abort, strategy, Phase::RUNNING),
+                Some(Entry::Abort)
+            );
+        }
+        // Blue-green before its switch: promote checks health again and switches.
+        assert_eq!(
+            entry_for(
+                Continue::Promote,
+                SwitchStrategy::BlueGreen,
+                Phase::PausedBeforeSwitch
+            ),
+            Some(Entry::Switch)
+        );
+        assert_eq!(
+            entry_for(Continue::Resume, SwitchStrategy::BlueGreen, Phase::RUNNING),
+            Some(Entry::Switch)
+        );
+    }
+
+    #[test]
+    fn the_edge_weights_are_read_from_every_service() {
+        let topology = canary_topology();
+        let config: ProxyConfig = serde_json::from_value(serde_json::json!({
+            "services": [
+                {"name": "web", "backends": [
+                    {"name": "t-web-1", "address": "10.9.0.2:8080", "weight": 0},
+                    {"name": "t-web-1-c", "address": "10.9.0.3:8080", "weight": 1},
+                ]},
+                {"name": "api", "backends": [
+                    {"name": "t-api-1", "address": "10.9.0.4:9090", "weight": 1},
+                ]},
+            ]
+        }))
+        .unwrap();
+        let run = canary_run(&topology.resources[0]);
+        let weights = edge_weights(&config);
+        assert_eq!(
+            weights
+                .iter()
+                .map(|w| (w.service.as_str(), w.backend.as_str(), w.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("web", "t-web-1", 0),
+                ("web", "t-web-1-c", 1),
+                ("api", "t-api-1", 1)
+            ]
+        );
+        let record = run.record("t", "r1", Phase::RUNNING, None, Vec::new());
+        assert_eq!(record.phase_on_edge(&weights), Phase::Switched);
     }
 
     #[tokio::test(start_paused = true)]
