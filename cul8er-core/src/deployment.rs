@@ -387,14 +387,17 @@ impl Deployment {
         Ok(observe::observe(desired, &self.clients).await?)
     }
 
-    /// Plans the changes that make Incus hold what the topology asks.
+    /// Plans the changes that make Incus hold what the topology asks, release services
+    /// stopped inside running instances included (one bounded exec per running
+    /// instance that has a release, see [`observe::observe_services`]).
     ///
     /// # Errors
     ///
     /// As [`Deployment::desired`] and [`Deployment::observe`].
     pub async fn plan(&self) -> Result<Plan, DeployError> {
         let desired = self.desired()?;
-        let observed = self.observe(&desired).await?;
+        let mut observed = self.observe(&desired).await?;
+        observe::observe_services(&desired, &self.clients, &mut observed).await;
         let plan = plan::plan(&desired, &observed);
         // A paused or interrupted blue-green or canary rollout: its sets are its own.
         let rollout = match self.pending_rollout().await {
@@ -777,7 +780,8 @@ impl Deployment {
     /// As [`Deployment::plan`].
     pub async fn status(&self) -> Result<Status, DeployError> {
         let desired = self.desired()?;
-        let observed = self.observe(&desired).await?;
+        let mut observed = self.observe(&desired).await?;
+        observe::observe_services(&desired, &self.clients, &mut observed).await;
         let plan = plan::plan(&desired, &observed);
         let pending: BTreeSet<(&str, &str)> = plan
             .actionable()
@@ -815,7 +819,8 @@ impl Deployment {
             }
         }
         instances.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
-        self.release_health(&desired, &mut instances).await;
+        self.release_health(&desired, &observed, &mut instances)
+            .await;
         let edges = crate::edge::edge_status(&desired, &observed);
         Ok(Status {
             topology: self.topology.name.clone(),
@@ -840,7 +845,17 @@ impl Deployment {
             .collect();
         let mut asked = Vec::new();
         let mut queries = Vec::new();
+        for instance in instances.iter_mut() {
+            instance.release_health = observed
+                .hosts
+                .get(&instance.host)
+                .and_then(|h| h.services.get(&instance.name))
+                .cloned();
+        }
         for (index, instance) in instances.iter().enumerate() {
+            if instance.release_health.is_some() {
+                continue;
+            }
             let app = apps
                 .get(&(instance.host.as_str(), instance.name.as_str()))
                 .copied();

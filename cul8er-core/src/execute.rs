@@ -241,6 +241,17 @@ pub enum StepError {
         #[source]
         source: Box<ReleaseError>,
     },
+    /// A release service found stopped could not be started.
+    #[error("cannot start the release service in instance {name} on host {host}")]
+    ServiceStart {
+        /// The instance.
+        name: String,
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: Box<ReleaseError>,
+    },
     /// The edge's traffic configuration could not be applied.
     #[error("cannot configure edge {name} on host {host}")]
     Edge {
@@ -673,6 +684,9 @@ impl Executor {
                 if release_changed || change.start {
                     self.deploy_release(client, change, desired, waited, &progress)
                         .await?;
+                } else if change.service_to_start().is_some() {
+                    self.start_service(client, change, desired, waited, &progress)
+                        .await?;
                 }
                 Ok(())
             }
@@ -891,6 +905,38 @@ impl Executor {
             crate::release::deploy_with(client, &desired.name, release, &env, &options).await;
         waited.0 += begin.elapsed();
         deployed.map(drop).map_err(|source| StepError::Release {
+            name: change.name.clone(),
+            host: change.host.clone(),
+            source: Box::new(source),
+        })
+    }
+    /// Starts the release service of `desired` that the plan found stopped inside the
+    /// running instance, through the instance's init.
+    async fn start_service(
+        &self,
+        client: &incus_api::Client,
+        change: &Change,
+        desired: &DesiredInstance,
+        waited: &mut Waited,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StepError> {
+        let Some(release) = &desired.release else {
+            return Err(StepError::Plan(format!(
+                "instance {} has no release whose service could be started",
+                change.name
+            )));
+        };
+        progress(&format!("starting service {}", release.name));
+        let begin = Instant::now();
+        let started = crate::release::start(
+            client,
+            &desired.name,
+            release,
+            &crate::release::DeployOptions::default(),
+        )
+        .await;
+        waited.0 += begin.elapsed();
+        started.map(drop).map_err(|source| StepError::ServiceStart {
             name: change.name.clone(),
             host: change.host.clone(),
             source: Box::new(source),

@@ -5,12 +5,17 @@
 //! Networks and volumes are listed whole and kept when they carry the key or when the
 //! topology names them. The result is a plain serde value, so the planner's tests feed
 //! it recorded or constructed states.
+//!
+//! What a listing cannot show — whether a release's service runs inside its instance —
+//! [`observe_services`] reads with one bounded exec per running instance that has a
+//! release, several at once; a topology without releases costs nothing more.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{Desired, KEY_TOPOLOGY};
+use crate::desired::{Desired, KEY_RELEASE, KEY_RESOURCE, KEY_TOPOLOGY};
+use crate::release::health::{self, HealthQuery, ReleaseHealth};
 
 /// What Incus holds for one topology, by host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,10 @@ pub struct ObservedHost {
     /// `user.cul8er.retire-after` time has passed); 0 when unknown.
     #[serde(default)]
     pub read_at: u64,
+    /// The release services of running instances that have a release, by instance
+    /// name, as [`observe_services`] read them (an instance not asked is absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ReleaseHealth>,
 }
 
 /// An instance as Incus holds it (its own config and devices, profiles not expanded).
@@ -262,4 +271,60 @@ pub async fn observe(
         topology: desired.topology.clone(),
         hosts: hosts.into_iter().collect(),
     })
+}
+
+/// Reads the release service of every running instance of `observed` that carries a
+/// release the topology still declares for its resource, into
+/// [`ObservedHost::services`]: one exec each, at most [`health::HEALTH_CONCURRENCY`]
+/// at once, each within [`health::HEALTH_TIMEOUT`].
+///
+/// Never fails: an instance that cannot be asked is recorded as
+/// [`crate::release::ServiceState::Unknown`] with the reason, which the plan reports
+/// rather than plans.
+pub async fn observe_services(
+    desired: &Desired,
+    clients: &BTreeMap<String, incus_api::Client>,
+    observed: &mut Observed,
+) {
+    let apps: BTreeMap<(&str, &str), &str> = desired
+        .instances
+        .iter()
+        .filter_map(|i| {
+            Some((
+                (i.host.as_str(), i.resource.as_str()),
+                i.release.as_ref()?.name.as_str(),
+            ))
+        })
+        .collect();
+    if apps.is_empty() {
+        return;
+    }
+    let mut asked = Vec::new();
+    let mut queries = Vec::new();
+    for (host, state) in &observed.hosts {
+        let Some(client) = clients.get(host) else {
+            continue;
+        };
+        for instance in state.instances.iter().filter(|i| i.is_running()) {
+            let app = instance
+                .key(KEY_RESOURCE)
+                .filter(|_| instance.key(KEY_RELEASE).is_some())
+                .and_then(|resource| apps.get(&(host.as_str(), resource)));
+            if let Some(app) = app {
+                asked.push((host.clone(), instance.name.clone()));
+                queries.push(HealthQuery {
+                    client,
+                    instance: &instance.name,
+                    app: Some(app),
+                });
+            }
+        }
+    }
+    let answers =
+        health::health_of_many(&queries, health::HEALTH_CONCURRENCY, health::HEALTH_TIMEOUT).await;
+    for ((host, name), answer) in asked.into_iter().zip(answers) {
+        if let (Some(answer), Some(state)) = (answer, observed.hosts.get_mut(&host)) {
+            state.services.insert(name, answer);
+        }
+    }
 }

@@ -9,7 +9,11 @@
 //! Drift is told apart from an intended change by the spec hash each instance carries
 //! (`user.cul8er.spec`): when Incus holds the hash the topology gives, the topology
 //! did not change, so any difference was made behind cul8er's back. A stopped
-//! instance and a deleted replica (a gap below a replica that exists) are drift too.
+//! instance is drift too, and so is a release service stopped inside a running one
+//! (a `service.APP` field, `stopped → running`: apply starts it through the init);
+//! a service whose state could not be read is reported in the notes, not planned. A
+//! replica is drift when it was deleted by hand: a gap below a replica that exists, or
+//! one the edge still routes to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +24,7 @@ use crate::desired::{
     KEY_REPLICA, KEY_RESOURCE, KEY_RETIRE, KEY_REVISION, KEY_SET, KEY_SPEC,
 };
 use crate::observe::{Observed, ObservedInstance};
+use crate::release::{ReleaseHealth, ServiceState};
 use crate::topology::{InstanceKind, StrategyKind};
 
 /// The version of the plan's JSON layout.
@@ -152,12 +157,25 @@ impl Change {
     pub fn is_change(&self) -> bool {
         !matches!(self.action, Action::None | Action::Keep)
     }
+
+    /// The release service (app name) this instance update starts: one stopped or
+    /// failed inside the running instance.
+    #[must_use]
+    pub fn service_to_start(&self) -> Option<&str> {
+        self.fields
+            .iter()
+            .find_map(|f| f.field.strip_prefix(SERVICE_FIELD))
+    }
 }
+
+/// The prefix of a release service's field: `service.APP`.
+const SERVICE_FIELD: &str = "service.";
 
 /// One field's change. `None` means absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldChange {
-    /// `config.KEY`, `devices.NAME`, `profiles`, `image`, `type` or `status`.
+    /// `config.KEY`, `devices.NAME`, `profiles`, `image`, `type`, `status`, or
+    /// `service.APP` (a release service inside the instance).
     pub field: String,
     /// The value Incus holds.
     pub old: Option<String>,
@@ -393,6 +411,7 @@ fn instance_fields(desired: &DesiredInstance, observed: &ObservedInstance) -> Ve
 fn plan_instance(
     desired: &DesiredInstance,
     observed: Option<&ObservedInstance>,
+    service: Option<&ReleaseHealth>,
     gap: bool,
 ) -> Change {
     let mut change = Change {
@@ -471,6 +490,26 @@ fn plan_instance(
         });
         change.reason = Some("release definition or environment changed".to_owned());
     }
+    // After the spec: a service to start must not hide a release to deploy.
+    if let Some(service) = service.filter(|s| {
+        observed.is_running() && matches!(s.state, ServiceState::Stopped | ServiceState::Failed)
+    }) {
+        change.drift = true;
+        change.fields.push(FieldChange {
+            field: format!("{SERVICE_FIELD}{}", service.app),
+            old: Some(service.state.as_str().to_owned()),
+            new: Some(ServiceState::Running.as_str().to_owned()),
+            live: true,
+        });
+        let how = if service.state == ServiceState::Failed {
+            "has failed"
+        } else {
+            "is stopped"
+        };
+        change
+            .reason
+            .get_or_insert_with(|| format!("service {} {how}: start it", service.app));
+    }
     if !change.fields.is_empty() {
         change.action = Action::Update;
         change.restart = change.fields.iter().any(|f| !f.live);
@@ -525,7 +564,23 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             && highest_replica
                 .get(&(instance.host.as_str(), instance.resource.as_str()))
                 .is_some_and(|&highest| highest > instance.replica);
-        changes.push(plan_instance(instance, found, gap));
+        let service = found.and_then(|_| {
+            observed
+                .hosts
+                .get(&instance.host)?
+                .services
+                .get(&instance.name)
+        });
+        if let Some(unread) = service.filter(|s| s.state == ServiceState::Unknown) {
+            notes.push(format!(
+                "service {} on instance {} (host {}) could not be read ({}): left out of the plan; `cul8er status` shows it",
+                unread.app,
+                instance.name,
+                instance.host,
+                unread.detail.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        changes.push(plan_instance(instance, found, service, gap));
     }
     for (host, state) in &observed.hosts {
         for instance in &state.instances {
@@ -1239,7 +1294,11 @@ impl<'o> SetState<'o> {
             .map(|c| {
                 c.fields
                     .iter()
-                    .filter(|f| f.field != "status" && f.field != format!("config.{KEY_SPEC}"))
+                    .filter(|f| {
+                        f.field != "status"
+                            && f.field != format!("config.{KEY_SPEC}")
+                            && !f.field.starts_with(SERVICE_FIELD)
+                    })
                     .cloned()
                     .collect()
             })

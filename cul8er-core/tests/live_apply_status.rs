@@ -2,8 +2,10 @@
 //! a deployed release shows as running with its version; a service stopped by hand
 //! inside one replica (with the `incus` command) shows as stopped there and takes one
 //! off the deployment's healthy count; a service killed by hand shows the restart its
-//! init made. On the busybox image (init respawn) and, when `CUL8ER_TEST_DEBIAN_IMAGE`
-//! and `CUL8ER_TEST_OPENRC_IMAGE` are set, on the Debian images with systemd and OpenRC.
+//! init made; a service stopped by hand is drift that the next plan names and apply
+//! starts through the init, behind the resource's health gate. On the busybox image
+//! (init respawn) and, when `CUL8ER_TEST_DEBIAN_IMAGE` and `CUL8ER_TEST_OPENRC_IMAGE`
+//! are set, on the Debian images with systemd and OpenRC.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod live_support;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use cul8er_core::execute::Cancel;
 use cul8er_core::lock::Holder;
+use cul8er_core::plan::Action;
 use cul8er_core::release::{ReleaseHealth, ServiceState};
 use cul8er_core::{ApplyRequest, Deployment, DeploymentSummary, InstanceStatus};
 use live_support::{deployment, incus, topology};
@@ -169,6 +172,127 @@ async fn status_and_list_follow_the_service(image: &str, by_hand: &ByHand) {
     assert_eq!(detail.as_deref(), Some("the instance is stopped"));
     let listed = summary(&name).await;
     assert_eq!((listed.running, listed.healthy), (1, 0), "{listed:?}");
+}
+
+/// Two replicas of a release that stays up, behind a health gate that passes only
+/// while the app's process runs.
+fn gated_source(image: &str) -> String {
+    format!(
+        "topology demo {{\n    resource app {{\n        image \"{image}\"\n        replicas 2\n        \
+         release app version=\"7\" {{\n            start \"sleep 1000000\"\n        }}\n        \
+         strategy rolling {{\n            health command \"pidof\" \"sleep\" interval=\"1s\" timeout=\"1s\" \
+         retries=3 min-healthy-time=\"1s\" deadline=\"60s\"\n        }}\n    }}\n}}\n"
+    )
+}
+
+async fn a_stopped_service_is_drift_that_apply_starts(image: &str, by_hand: &ByHand) {
+    let (topology, _path, cleanup) = topology("svcdrift", &gated_source(image));
+    let name = topology.name.clone();
+    let d = deployment(topology, &cleanup.dir.path().join(".cul8er"));
+    apply(&d).await;
+    let (first, second) = (format!("{name}-app-1"), format!("{name}-app-2"));
+    status_until(&d, "both running", |h| {
+        state(h, &first) == Some(ServiceState::Running)
+            && state(h, &second) == Some(ServiceState::Running)
+    })
+    .await;
+    assert!(!d.plan().await.unwrap().has_changes(), "converged");
+
+    // Stopped by hand inside a running instance: drift, with the service named.
+    incus(&["exec", &first, "--", "sh", "-c", by_hand.stop]);
+    status_until(&d, "one stopped", |h| {
+        state(h, &first) == Some(ServiceState::Stopped)
+    })
+    .await;
+    let plan = d.plan().await.unwrap();
+    let actionable: Vec<_> = plan.actionable().collect();
+    assert_eq!(actionable.len(), 1, "only the stopped one: {plan}");
+    let change = actionable[0];
+    assert_eq!(
+        (change.name.as_str(), change.action),
+        (first.as_str(), Action::Update)
+    );
+    assert!(
+        change.drift && !change.restart && !change.start,
+        "{change:?}"
+    );
+    assert_eq!(change.service_to_start(), Some("app"));
+    let text = plan.to_string();
+    assert!(
+        text.contains(&format!(
+            "~ instance {first} (app)  [drift, live, service app is stopped: start it]"
+        )) && text.contains("~ service.app: \"stopped\" → \"running\""),
+        "{text}"
+    );
+
+    // Apply starts it through the init, behind the resource's health gate.
+    let request = ApplyRequest {
+        parallelism: 4,
+        destroy: None,
+        env: &no_env,
+        holder: Holder::current(),
+    };
+    let report = d
+        .apply(&plan, &request, &Cancel::new(), &|_| {})
+        .await
+        .unwrap();
+    let failures: Vec<_> = report.outcome.failures().collect();
+    assert!(failures.is_empty(), "failed steps: {failures:#?}");
+    let rollout = report.rollout.expect("an in-place change rolls out");
+    assert!(rollout.result.succeeded(), "{rollout:?}");
+    assert_eq!(
+        rollout.resources[0].instances,
+        [first.clone()],
+        "{rollout:?}"
+    );
+
+    // It runs again (started, not a crash restart), and nothing is left to do.
+    let health = health_of(&d.status().await.unwrap().instances);
+    let started = health[&first].as_ref().unwrap();
+    assert_eq!(started.state, ServiceState::Running, "{started:?}");
+    assert_eq!(started.version.as_deref(), Some("7"), "{started:?}");
+    assert_eq!(state(&health, &second), Some(ServiceState::Running));
+    let again = d.plan().await.unwrap();
+    assert!(!again.has_changes(), "second plan: {again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_by_hand_is_started_by_apply_on_busybox() {
+    Box::pin(a_stopped_service_is_drift_that_apply_starts(
+        &live_support::image(),
+        &BUSYBOX,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_by_hand_is_started_by_apply_on_systemd() {
+    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
+    if image.is_empty() {
+        eprintln!(
+            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
+        );
+        return;
+    }
+    Box::pin(a_stopped_service_is_drift_that_apply_starts(
+        &image, &SYSTEMD,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_by_hand_is_started_by_apply_on_openrc() {
+    let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
+    if image.is_empty() {
+        eprintln!(
+            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
+        );
+        return;
+    }
+    Box::pin(a_stopped_service_is_drift_that_apply_starts(
+        &image, &OPENRC,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use cul8er_core::desired::{self, DesireOptions, Desired, KEY_REVISION};
+use cul8er_core::desired::{self, DesireOptions, Desired, KEY_REVISION, KEY_SPEC};
 use cul8er_core::edge::{Addresses, EdgeBinary, ObservedEdge};
 use cul8er_core::observe::{
     Observed, ObservedHost, ObservedInstance, ObservedNetwork, ObservedVolume,
 };
 use cul8er_core::plan::{self, Action, Plan};
+use cul8er_core::release::{InitSystem, ReleaseHealth, ServiceState};
 use cul8er_core::topology::{self, LoadOptions};
 
 fn demo_source() -> String {
@@ -207,6 +208,128 @@ fn a_stopped_instance_is_drift_and_is_started() {
     assert_eq!(api.action, Action::Update);
     assert!(api.drift && api.start);
     insta::assert_snapshot!(plan.to_string());
+}
+
+/// What the observation reads of a release service.
+fn service(app: &str, state: ServiceState, detail: Option<&str>) -> ReleaseHealth {
+    ReleaseHealth {
+        app: app.into(),
+        state,
+        restarts: (state != ServiceState::Unknown).then_some(0),
+        version: (state != ServiceState::Unknown).then(|| "1".into()),
+        init: (state != ServiceState::Unknown).then_some(InitSystem::Busybox),
+        detail: detail.map(str::to_owned),
+    }
+}
+
+/// `converged` with every release service read as running.
+fn serving(desired: &Desired) -> Observed {
+    let mut observed = converged(desired);
+    for instance in &desired.instances {
+        if let Some(release) = &instance.release {
+            observed
+                .hosts
+                .get_mut(&instance.host)
+                .unwrap()
+                .services
+                .insert(
+                    instance.name.clone(),
+                    service(&release.name, ServiceState::Running, None),
+                );
+        }
+    }
+    observed
+}
+
+fn set_service(observed: &mut Observed, name: &str, health: ReleaseHealth) {
+    observed
+        .hosts
+        .get_mut("local")
+        .unwrap()
+        .services
+        .insert(name.into(), health);
+}
+
+#[test]
+fn a_release_service_stopped_by_hand_is_drift_and_is_started() {
+    let desired = desire(&demo_source());
+    let mut observed = serving(&desired);
+    assert!(!plan::plan(&desired, &observed).has_changes());
+    set_service(
+        &mut observed,
+        "demo-web-2",
+        service("web", ServiceState::Stopped, None),
+    );
+    // Failed: systemd gave up restarting it; started the same way.
+    set_service(
+        &mut observed,
+        "demo-web-3",
+        service("web", ServiceState::Failed, Some("failed/failed")),
+    );
+    // Its init is restarting it already: not drift.
+    set_service(
+        &mut observed,
+        "demo-web-1",
+        service("web", ServiceState::CrashedRestarting, None),
+    );
+    // Could not be read: reported, not planned.
+    set_service(
+        &mut observed,
+        "demo-api-1",
+        service("api", ServiceState::Unknown, Some("no answer within 10 s")),
+    );
+    let plan = plan::plan(&desired, &observed);
+    let web2 = change(&plan, "demo-web-2");
+    assert_eq!(web2.action, Action::Update);
+    assert!(web2.drift && !web2.restart && !web2.start, "{web2:?}");
+    assert_eq!(web2.service_to_start(), Some("web"));
+    assert_eq!(web2.fields.len(), 1, "{:?}", web2.fields);
+    assert_eq!(change(&plan, "demo-web-3").service_to_start(), Some("web"));
+    for unchanged in ["demo-web-1", "demo-api-1"] {
+        assert_eq!(change(&plan, unchanged).action, Action::None, "{unchanged}");
+    }
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("service api on instance demo-api-1") && n.contains("no answer")),
+        "{:?}",
+        plan.notes
+    );
+    assert_eq!((plan.summary.update, plan.summary.drift), (2, 2));
+    insta::assert_snapshot!(plan.to_string());
+
+    let json = serde_json::to_value(web2).unwrap();
+    let back: cul8er_core::plan::Change = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(&back, web2, "the JSON reads back as the same change");
+    let mut json = json;
+    json["target"] = serde_json::Value::Null;
+    insta::assert_json_snapshot!("a_stopped_service_as_json", json);
+}
+
+#[test]
+fn a_stopped_service_does_not_hide_a_release_to_deploy() {
+    let desired = desire(&demo_source());
+    let mut observed = serving(&desired);
+    instance(&mut observed, "demo-api-1")
+        .config
+        .insert(KEY_SPEC.into(), "an-older-spec".into());
+    set_service(
+        &mut observed,
+        "demo-api-1",
+        service("api", ServiceState::Stopped, None),
+    );
+    let plan = plan::plan(&desired, &observed);
+    let api = change(&plan, "demo-api-1");
+    let fields: Vec<&str> = api.fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["config.user.cul8er.spec", "service.api"]);
+    assert_eq!(
+        api.reason.as_deref(),
+        Some("release definition or environment changed")
+    );
+    assert!(
+        api.drift,
+        "the stopped service is drift whatever else changed"
+    );
 }
 
 #[test]

@@ -8,10 +8,12 @@
 //! Incus API (files and exec), so it works the same on local and remote hosts.
 //!
 //! [`deploy`] is idempotent: the same version twice changes nothing; a new version
-//! switches `current` and restarts the service. [`status`] reports whether the
-//! service runs, with the process identity and restart count that a crash watch
-//! compares between polls. [`health`] turns that into the state `status` and `list`
-//! show (running, stopped, crashed-restarting), bounded in time and concurrency.
+//! switches `current` and restarts the service. [`start`] starts a service stopped
+//! behind cul8er's back through the init, as apply does for that drift. [`status`]
+//! reports whether the service runs, with the process identity and restart count that
+//! a crash watch compares between polls. [`health`] turns that into the state `status`
+//! and `list` show (running, stopped, crashed-restarting), bounded in time and
+//! concurrency; the planner reads it too, so a service stopped by hand is drift.
 
 mod artifact;
 pub mod health;
@@ -550,6 +552,38 @@ pub async fn deploy_with(
         status,
         pruned,
     })
+}
+
+/// Starts `release`'s service in `instance` through the instance's init when it does
+/// not run — stopped by hand, or given up on by systemd — and waits until it runs
+/// (`options.start_timeout`). A service that runs is left alone, so a second call
+/// changes nothing. Nothing is uploaded and no hook runs: the release deployed is the
+/// one started.
+///
+/// # Errors
+///
+/// A [`ReleaseError`] when the instance cannot be asked, has no init cul8er knows, or
+/// the service does not start in time (with what the init said).
+pub async fn start(
+    client: &incus_api::Client,
+    instance: &str,
+    release: &ReleaseSpec,
+    options: &DeployOptions,
+) -> Result<ServiceStatus, ReleaseError> {
+    validate(release)?;
+    let ctx = Ctx {
+        client,
+        instance,
+        app: &release.name,
+        timeout: options.start_timeout + options.step_timeout,
+    };
+    let step = "starting the service";
+    let wait = options.start_timeout.as_secs().max(1).to_string();
+    let out = ctx
+        .script(step, &script::start_script(), &[&release.name, &wait])
+        .await?;
+    let init = parse_init(&ctx, step, &out)?;
+    Ok(parse_status(init, &out))
 }
 
 /// Reports whether `release`'s service runs in `instance`.

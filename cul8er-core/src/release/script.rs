@@ -296,14 +296,41 @@ esac
 /// service and waits until a new main process runs, then prints the service state.
 pub(super) fn restart_script() -> String {
     format!(
+        "set -eu\napp=\"$1\"; init=\"$2\"; wait_seconds=\"$3\"; only_start=false\n{SERVICE_STATE}{RESTART}"
+    )
+}
+
+/// The start script: `sh -c START cul8er APP WAIT_SECONDS`. Detects the init and, when
+/// the service does not run (stopped by hand, or given up on by systemd), starts it
+/// through the init as [`restart_script`] does and waits until it runs; a service that
+/// runs is left alone. Prints `init` and the service state.
+pub(super) fn start_script() -> String {
+    format!(
         r#"set -eu
-app="$1"; init="$2"; wait_seconds="$3"
+app="$1"; wait_seconds="$2"; only_start=true
+{DETECT_INIT}echo "init=$init"
+if [ "$init" = unknown ]; then
+    echo "no supported init: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
+    exit 3
+fi
+{SERVICE_STATE}{RESTART}"#
+    )
+}
+
+/// The body of [`restart_script`] and [`start_script`], with `app`, `init`,
+/// `wait_seconds` and `only_start` set and `service_state` defined.
+const RESTART: &str = r#"
 svc="cul8er-$app"
 rundir="/run/cul8er-$app"
-{SERVICE_STATE}
 old_pid="$(service_state | sed -n 's/^pid=//p')"
+if [ "$only_start" = true ] && [ -n "$old_pid" ]; then
+    service_state
+    exit 0
+fi
 case "$init" in
     systemd)
+        # A unit systemd gave up on (its start limit) starts only once that is reset.
+        systemctl reset-failed "$svc.service" >/dev/null 2>&1 || true
         systemctl restart "$svc.service"
         ;;
     openrc)
@@ -349,9 +376,7 @@ while :; do
     i=$((i + 1))
 done
 echo "$state"
-"#
-    )
-}
+"#;
 
 /// The finish script: `sh -c FINISH cul8er APP VERSION DIGEST KEEP`. Records the
 /// deploy and deletes the oldest versions beyond the newest `KEEP` (never `current`).
@@ -547,6 +572,33 @@ mod tests {
             "{bb}"
         );
         assert!(bb.contains("chown 998:997"), "{bb}");
+    }
+
+    #[test]
+    fn start_leaves_a_running_service_alone_and_restart_does_not() {
+        let start = start_script();
+        let guard = start
+            .find("if [ \"$only_start\" = true ] && [ -n \"$old_pid\" ]")
+            .expect("the start script checks for a running service");
+        for command in [
+            "systemctl restart",
+            "rc-service \"$svc\" restart",
+            "kill -HUP 1",
+        ] {
+            let acts = start.find(command).expect("it starts through each init");
+            assert!(guard < acts, "the check comes before `{command}`");
+        }
+        assert!(start.contains("only_start=true"), "{start}");
+        assert!(start.contains("echo \"init=$init\""), "it says which init");
+        // The service state function is defined before it is used.
+        assert!(start.find("service_state() {").unwrap() < guard);
+        let restart = restart_script();
+        assert!(restart.contains("only_start=false"), "{restart}");
+        // Both start a unit systemd gave up on, and re-register a busybox line.
+        for script in [&start, &restart] {
+            assert!(script.contains("systemctl reset-failed"), "{script}");
+            assert!(script.contains("echo \"$line\" >>/etc/inittab"), "{script}");
+        }
     }
 
     #[test]
