@@ -242,7 +242,7 @@ async fn a_stopped_service_is_drift_that_apply_starts(image: &str, by_hand: &ByH
     assert!(rollout.result.succeeded(), "{rollout:?}");
     assert_eq!(
         rollout.resources[0].instances,
-        [first.clone()],
+        std::slice::from_ref(&first),
         "{rollout:?}"
     );
 
