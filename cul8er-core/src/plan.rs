@@ -553,17 +553,29 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
+    // The instances each edge routes to: only an apply that made them puts them there,
+    // and a deletion by hand leaves them, so the edge still names them.
+    let mut routed: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (host, state) in &observed.hosts {
+        if let Some(config) = state.edge.as_ref().and_then(|e| e.config.as_ref()) {
+            for backend in config.services.iter().flat_map(|s| &s.backends) {
+                routed.insert((host, &backend.name));
+            }
+        }
+    }
     let mut desired_instances: BTreeSet<(&str, &str)> = BTreeSet::new();
     for instance in &desired.instances {
         desired_instances.insert((&instance.host, &instance.name));
         let found = by_name
             .get(&(instance.host.as_str(), instance.name.as_str()))
             .copied();
-        // A missing replica below one that exists was deleted behind cul8er's back.
+        // A missing replica below one that exists, or one the edge routes to, was
+        // deleted behind cul8er's back (the last replica has none above it).
         let gap = found.is_none()
-            && highest_replica
+            && (highest_replica
                 .get(&(instance.host.as_str(), instance.resource.as_str()))
-                .is_some_and(|&highest| highest > instance.replica);
+                .is_some_and(|&highest| highest > instance.replica)
+                || routed.contains(&(instance.host.as_str(), instance.name.as_str())));
         let service = found.and_then(|_| {
             observed
                 .hosts

@@ -350,6 +350,45 @@ fn a_replica_deleted_by_hand_is_drift_and_is_created_again() {
 }
 
 #[test]
+fn the_last_replica_deleted_by_hand_is_drift_when_the_edge_still_routes_to_it() {
+    let desired = desire(&demo_source());
+    let mut observed = converged(&desired);
+    observed
+        .hosts
+        .get_mut("local")
+        .unwrap()
+        .instances
+        .retain(|i| i.name != "demo-web-3");
+    let plan = plan::plan(&desired, &observed);
+    let web3 = change(&plan, "demo-web-3");
+    assert_eq!(web3.action, Action::Create);
+    assert!(web3.drift, "no replica above it, but the edge routes to it");
+    assert_eq!(web3.reason.as_deref(), Some("deleted outside cul8er"));
+    insta::assert_snapshot!(plan.to_string());
+
+    // A replica the topology adds is a plain create: no edge ever routed to it.
+    let grown = desire(&demo_source().replace("replicas 3", "replicas 4"));
+    let plan = plan::plan(&grown, &converged(&desired));
+    let web4 = change(&plan, "demo-web-4");
+    assert_eq!(web4.action, Action::Create);
+    assert!(!web4.drift && web4.reason.is_none(), "{web4:?}");
+    assert_eq!(plan.summary.drift, 0);
+
+    // Without an edge nothing Incus holds says that a resource's last replica was
+    // deployed: it is created again, without the label.
+    let mut observed = converged(&desired);
+    observed
+        .hosts
+        .get_mut("local")
+        .unwrap()
+        .instances
+        .retain(|i| i.name != "demo-worker-1");
+    let worker = plan::plan(&desired, &observed);
+    let worker = change(&worker, "demo-worker-1");
+    assert_eq!((worker.action, worker.drift), (Action::Create, false));
+}
+
+#[test]
 fn a_raw_config_key_set_by_hand_needs_a_restart() {
     let desired = desire(&demo_source());
     let mut observed = converged(&desired);
@@ -517,10 +556,13 @@ fn the_same_world_gives_no_differences_and_a_moved_one_does() {
         .unwrap()
         .instances
         .retain(|i| i.name != "demo-api-1");
+    // api-1 is a create in both, but now one that puts back a deletion by hand (the
+    // edge routes to it): drift, so it differs too.
     assert_eq!(
         saved.differences(&plan::plan(&desired, &moved)),
         [
             "local/edge/demo-edge",
+            "local/instance/demo-api-1",
             "local/instance/demo-edge",
             "local/instance/demo-web-1",
             "local/instance/demo-web-2",
