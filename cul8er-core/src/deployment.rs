@@ -234,6 +234,13 @@ pub struct Status {
     /// Each host's edge: its backends with weights and health, as the proxy reports.
     #[serde(default)]
     pub edges: Vec<crate::edge::EdgeStatus>,
+    /// The blue-green or canary rollout in progress: its record and where it stands
+    /// read against the edge; `None` when there is none.
+    #[serde(default)]
+    pub rollout: Option<crate::rollout::pending::RolloutStatus>,
+    /// Why the record of a rollout in progress cannot be read, when it cannot.
+    #[serde(default)]
+    pub rollout_problem: Option<String>,
 }
 
 /// One deployment found by `list`.
@@ -822,12 +829,21 @@ impl Deployment {
         self.release_health(&desired, &observed, &mut instances)
             .await;
         let edges = crate::edge::edge_status(&desired, &observed);
+        let (rollout, rollout_problem) = match self.pending_rollout().await {
+            Ok(record) => (
+                record.map(|r| crate::rollout::pending::RolloutStatus::on_edges(r, &edges)),
+                None,
+            ),
+            Err(e) => (None, Some(crate::execute::error_chain(&e))),
+        };
         Ok(Status {
             topology: self.topology.name.clone(),
             instances,
             pending: plan.summary,
             lease: self.lock_status().await?,
             edges,
+            rollout,
+            rollout_problem,
         })
     }
 

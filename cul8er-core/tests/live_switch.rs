@@ -10,7 +10,13 @@
 //! - a canary whose release answers 500 on about 20% of requests: aborted by the
 //!   analysis at the first step, all weight back on stable, the canary deleted, no
 //!   failed request but the canary's own 500s;
-//! - manual promotion: apply ends paused, a plain apply refuses, `promote` switches.
+//! - manual promotion: apply ends paused, a plain apply refuses, `promote` switches;
+//! - a canary paused at its second step whose `resume` was killed after recording
+//!   the third step and before moving the edge: the next `resume` moves the edge to
+//!   the third step and on, never back to the first step's weights;
+//! - a blue-green command killed between the edge's switch and its `switched`
+//!   record: `status` reports the switch the edge shows, `abort` refuses to undo it,
+//!   `promote` finishes it.
 //!
 //! Needs the static proxy binary (`just proxy-static`, or `CUL8ER_PROXY_BINARY`).
 #![allow(clippy::unwrap_used)]
@@ -25,7 +31,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use cul8er_core::execute::{ApplyEvent, Cancel};
 use cul8er_core::lock::Holder;
+use cul8er_core::lock::LeaseScope;
 use cul8er_core::rollout::RolloutResult;
+use cul8er_core::rollout::pending::{PendingRollout, PendingStore, Phase, StepAt};
 use cul8er_core::rollout::switch::Continue;
 use cul8er_core::{ApplyReport, ApplyRequest, DeployError, Deployment};
 use live_support::load::{Load, get};
@@ -705,4 +713,256 @@ async fn a_kept_old_set_rolls_back_at_once_and_ctrl_c_or_pause_stop_a_canary() {
         now.iter().all(|n| !first.contains(n)),
         "the set the canary replaced is gone: {now:?}"
     );
+}
+
+/// The topology's rollout record, as another machine would reach it.
+fn store(names: &Names) -> PendingStore {
+    PendingStore::new(LeaseScope {
+        client: live_support::client(),
+        host: "local".to_owned(),
+        project: "default".to_owned(),
+        topology: names.topology.clone(),
+    })
+}
+
+/// The canary's share of the edge's weight, in percent.
+fn canary_share(weights: &BTreeMap<String, u32>, record: &PendingRollout) -> u32 {
+    let of = |set: &cul8er_core::rollout::pending::InstanceSet| -> u32 {
+        set.members
+            .iter()
+            .filter_map(|m| weights.get(&m.backend))
+            .sum()
+    };
+    let (canary, stable) = (of(&record.new_set), of(&record.old_set));
+    canary * 100 / (canary + stable).max(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_killed_mid_step_resumes_at_its_step_never_lower() {
+    let names = names("stepkill");
+    let _cleanup = Cleanup(names.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let port = names.ports[0];
+    let stepped = |version: &str| {
+        source(
+            &names,
+            version,
+            false,
+            &format!(
+                "strategy canary {{\n            {HEALTH}\n            canary {{\n                step 10 pause=\"2s\"\n                step 50 pause=\"manual\"\n                step 75\n                step 100\n                analysis max-error-rate=\"5%\" min-requests=5\n            }}\n        }}"
+            ),
+        )
+    };
+    let (report, events) = apply(&deployment(dir.path(), &stepped("1"))).await;
+    assert!(report.outcome.succeeded(), "{events:#?}");
+
+    // v2 pauses at its second step (50%), judged under load.
+    let d = deployment(dir.path(), &stepped("2"));
+    let load = Load::start(port);
+    let (report, events) = apply(&d).await;
+    let record = report.rollout.clone().unwrap();
+    assert!(
+        matches!(&record.result, RolloutResult::Paused { .. }),
+        "{record:#?}\n{events:#?}"
+    );
+    let paused = d.pending_rollout().await.unwrap().unwrap();
+    assert_eq!(
+        paused.phase,
+        Phase::PausedAtStep {
+            index: 1,
+            weight: 50
+        }
+    );
+    assert_eq!(canary_share(&edge_weights(&names).await, &paused), 50);
+
+    // A `resume` killed after recording step 3 (index 2), before the edge moved.
+    let mut killed = paused.clone();
+    killed.phase = Phase::Running {
+        step: Some(StepAt {
+            index: 2,
+            weight: 75,
+        }),
+    };
+    killed.reason = None;
+    store(&names).save(&killed).await.unwrap();
+    assert_eq!(d.pending_rollout().await.unwrap().unwrap(), killed);
+
+    // Resume: step 3, then 100%; the share seen on the edge meanwhile never drops
+    // below the 50% it had.
+    let done = Arc::new(AtomicU32::new(0));
+    let watcher = {
+        let (names, paused, done) = (names.clone(), paused.clone(), Arc::clone(&done));
+        async move {
+            let mut shares = Vec::new();
+            while done.load(Ordering::SeqCst) == 0 {
+                shares.push(canary_share(&edge_weights(&names).await, &paused));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            shares
+        }
+    };
+    let events = Mutex::new(Vec::new());
+    let resume = async {
+        let resumed = d
+            .continue_rollout(
+                Continue::Resume,
+                &Holder::current(),
+                &Cancel::new(),
+                &|e: &ApplyEvent| events.lock().unwrap().push(format!("{e:?}")),
+            )
+            .await;
+        done.store(1, Ordering::SeqCst);
+        resumed
+    };
+    let (resumed, shares) = tokio::join!(resume, watcher);
+    let (answers, failures) = load.finish().await;
+    let events = events.into_inner().unwrap();
+    assert_eq!(
+        resumed.unwrap().rollout.unwrap().result,
+        RolloutResult::Succeeded,
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("step 3/4: moving 75%")),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("step 1/4") || e.contains("step 2/4")),
+        "resumed at an earlier step: {events:#?}"
+    );
+    assert!(!shares.is_empty());
+    assert!(shares.iter().all(|s| *s >= 50), "{shares:?}");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        answers.keys().all(|b| b == "web 1" || b == "web 2"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    assert!(d.pending_rollout().await.unwrap().is_none());
+    assert!(!d.plan().await.unwrap().has_changes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_killed_before_its_record_is_finished_never_undone() {
+    let names = names("switchkill");
+    let _cleanup = Cleanup(names.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let port = names.ports[0];
+    let (report, events) = apply(&deployment(
+        dir.path(),
+        &source(&names, "1", false, &blue_green("manual")),
+    ))
+    .await;
+    assert!(report.outcome.succeeded(), "{events:#?}");
+    let d = deployment(
+        dir.path(),
+        &source(&names, "2", false, &blue_green("manual")),
+    );
+    let (report, events) = apply(&d).await;
+    assert!(
+        matches!(
+            &report.rollout.as_ref().unwrap().result,
+            RolloutResult::Paused { .. }
+        ),
+        "{events:#?}"
+    );
+    let paused = d.pending_rollout().await.unwrap().unwrap();
+    assert_eq!(paused.phase, Phase::PausedBeforeSwitch);
+
+    // A `promote` killed right after the edge's switch: its record still says
+    // running (written before the switch), the edge gives the new set everything.
+    let mut killed = paused.clone();
+    killed.phase = Phase::RUNNING;
+    killed.reason = None;
+    store(&names).save(&killed).await.unwrap();
+    let edge = cul8er_core::edge::Edge::connect(
+        &live_support::client(),
+        cul8er_core::edge::edge_instance_name(&names.topology),
+    );
+    let mut config = edge.config().await.unwrap();
+    let new: BTreeSet<&str> = paused
+        .new_set
+        .members
+        .iter()
+        .map(|m| m.backend.as_str())
+        .collect();
+    for backend in &mut config.services[0].backends {
+        backend.weight = u32::from(new.contains(backend.name.as_str()));
+    }
+    edge.apply(&config).await.unwrap();
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+
+    // status reports what the edge shows, beside the record as written.
+    let status = d.status().await.unwrap();
+    let json = serde_json::to_value(&status).unwrap();
+    let rollout = &json["rollout"];
+    assert_eq!(rollout["phase"]["kind"], "switched", "{rollout:#}");
+    assert_eq!(rollout["record"]["phase"]["kind"], "running", "{rollout:#}");
+    assert_eq!(rollout["record"]["strategy"], "blue-green");
+    assert_eq!(rollout["record"]["resource"], "web");
+    assert_eq!(rollout["record"]["revision"], paused.revision.as_str());
+    assert_eq!(
+        rollout["record"]["new_set"]["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // abort refuses to undo the switch; the new set keeps serving.
+    let refused = d
+        .continue_rollout(
+            Continue::Abort,
+            &Holder::current(),
+            &Cancel::new(),
+            &|_: &ApplyEvent| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("cannot undo a completed switch"),
+        "{refused}"
+    );
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    assert_eq!(web_instances(&names).len(), 4);
+
+    // promote finishes it: the sets marked, the old one removed, the record gone.
+    let events = Mutex::new(Vec::new());
+    let promoted = d
+        .continue_rollout(
+            Continue::Promote,
+            &Holder::current(),
+            &Cancel::new(),
+            &|e: &ApplyEvent| events.lock().unwrap().push(format!("{e:?}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        promoted.rollout.unwrap().result,
+        RolloutResult::Succeeded,
+        "{:#?}",
+        events.lock().unwrap()
+    );
+    assert!(d.pending_rollout().await.unwrap().is_none());
+    assert_eq!(web_instances(&names).len(), 2);
+    assert_eq!(
+        serving(port, "web 2").await,
+        BTreeSet::from(["web 2".to_owned()])
+    );
+    assert!(!d.plan().await.unwrap().has_changes());
+    let status = serde_json::to_value(d.status().await.unwrap()).unwrap();
+    assert!(status["rollout"].is_null(), "{status:#}");
 }

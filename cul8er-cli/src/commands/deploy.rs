@@ -542,18 +542,29 @@ pub(crate) fn status(args: &TopologyArgs, settings: &Settings) -> Outcome {
     if let Some(lease) = &status.lease {
         out.push_str(&format!("{}\n", describe_lease(lease)));
     }
-    match runtime.block_on(deployment.pending_rollout()) {
-        Ok(Some(rollout)) => out.push_str(&format!(
-            "Rollout in progress: {rollout}; `cul8er promote`, `resume` or `abort` continue it.\n"
-        )),
-        Ok(None) => {}
-        Err(e) => out.push_str(&format!(
-            "The rollout record cannot be read: {}\n",
-            cul8er_core::execute::error_chain(&e)
-        )),
-    }
+    out.push_str(&rollout_lines(&status));
     print_stdout(&out);
     Outcome::Success
+}
+
+/// The rollout in progress as `status` prints it: where it stands (read against the
+/// edge) and what continues it; empty when there is none.
+fn rollout_lines(status: &cul8er_core::Status) -> String {
+    let mut out = String::new();
+    if let Some(rollout) = &status.rollout {
+        out.push_str(&format!(
+            "Rollout in progress: {rollout}; {}.\n",
+            if rollout.phase == cul8er_core::rollout::pending::Phase::Switched {
+                "`cul8er promote` finishes it (`cul8er abort` cannot undo a switch)"
+            } else {
+                "`cul8er promote`, `resume` or `abort` continue it"
+            }
+        ));
+    }
+    if let Some(problem) = &status.rollout_problem {
+        out.push_str(&format!("The rollout record cannot be read: {problem}\n"));
+    }
+    out
 }
 
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
@@ -737,7 +748,78 @@ pub(crate) fn lock(command: &LockCommand, settings: &Settings) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use cul8er_core::rollout::pending::Phase;
+
     use super::*;
+
+    /// `status --output json` of a blue-green rollout whose command was killed between
+    /// the edge's switch and its `switched` record.
+    const STATUS_JSON: &str = r#"{
+      "topology": "shop",
+      "instances": [],
+      "pending": {"create": 0, "update": 0, "replace": 0, "delete": 0, "keep": 0, "unchanged": 0, "drift": 0},
+      "lease": null,
+      "edges": [],
+      "rollout": {
+        "phase": {"kind": "switched"},
+        "record": {
+          "topology": "shop", "revision": "20261126T044811.042Z", "resource": "web",
+          "version": "2", "strategy": "blue-green",
+          "phase": {"kind": "running"},
+          "old_set": {"set": "", "members": [{"instance": "shop-web-1", "backend": "shop-web-1"}]},
+          "new_set": {"set": "g", "members": [{"instance": "shop-web-1-g", "backend": "shop-web-1-g"}]},
+          "weights": [],
+          "reason": null,
+          "holder": {"user": "ops", "host": "laptop", "pid": 42},
+          "at": "2026-11-26T04:48:11Z",
+          "hosts": ["local"]
+        }
+      },
+      "rollout_problem": null
+    }"#;
+
+    #[test]
+    fn status_json_decodes_with_its_rollout_and_the_text_says_what_the_edge_shows() {
+        let status: cul8er_core::Status = serde_json::from_str(STATUS_JSON).unwrap();
+        let rollout = status.rollout.as_ref().unwrap();
+        assert_eq!(rollout.phase, Phase::Switched);
+        assert_eq!(rollout.record.phase, Phase::RUNNING);
+        assert_eq!(rollout.record.resource, "web");
+        assert_eq!(rollout.record.new_set.members[0].instance, "shop-web-1-g");
+        assert_eq!(
+            rollout_lines(&status),
+            "Rollout in progress: blue-green rollout of resource web (revision 20261126T044811.042Z, version 2) running since 2026-11-26T04:48:11Z by ops@laptop (pid 42); the edge shows it switched, the new set not yet marked as serving: the command that ran it stopped before recording that; `cul8er promote` finishes it (`cul8er abort` cannot undo a switch).\n"
+        );
+        // It prints back as it was read.
+        let again: serde_json::Value = serde_json::to_value(&status).unwrap();
+        let read: serde_json::Value = serde_json::from_str(STATUS_JSON).unwrap();
+        assert_eq!(again, read);
+        // A canary paused at a step, and a record that cannot be read.
+        let mut status = status;
+        let paused = Phase::PausedAtStep {
+            index: 1,
+            weight: 25,
+        };
+        let rollout = status.rollout.as_mut().unwrap();
+        rollout.phase = paused;
+        rollout.record.phase = paused;
+        assert!(
+            rollout_lines(&status).ends_with(
+                "paused at step 2 (25% to the canary) since 2026-11-26T04:48:11Z by ops@laptop (pid 42); `cul8er promote`, `resume` or `abort` continue it.\n"
+            ),
+            "{}",
+            rollout_lines(&status)
+        );
+        status.rollout = None;
+        status.rollout_problem =
+            Some("profile cul8er-rollout-shop has an unreadable user.cul8er.rollout".into());
+        assert_eq!(
+            rollout_lines(&status),
+            "The rollout record cannot be read: profile cul8er-rollout-shop has an unreadable user.cul8er.rollout\n"
+        );
+        status.rollout_problem = None;
+        assert_eq!(rollout_lines(&status), "");
+    }
 
     #[test]
     fn tables_align_columns() {
