@@ -81,7 +81,8 @@ async fn http_get(port: u16) -> String {
 
 /// The demo, deployed for real: every instance runs, the single-replica `api` answers
 /// on loopback through its proxy device, a second apply plans nothing, status agrees,
-/// and destroy leaves nothing of it behind.
+/// the last web replica deleted by hand is drift that apply puts back, and destroy
+/// leaves nothing of it behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_deploys_serves_replans_nothing_and_destroys() {
     let (topology, path, cleanup) = topology("demo", &live_support::demo_source());
@@ -157,6 +158,26 @@ async fn the_demo_deploys_serves_replans_nothing_and_destroys() {
     assert!(status.instances.len() >= 5, "{status:?}");
     let revisions = d.state.revisions(&name).unwrap();
     assert_eq!(revisions, std::slice::from_ref(&report.revision));
+
+    // The last replica deleted by hand: no replica above it, but the edge still routes
+    // to it, so it is drift; apply makes it again and the edge routes to the new one.
+    let web3 = format!("{name}-web-3");
+    incus(&["delete", "--force", &web3]);
+    let plan = d.plan().await.unwrap();
+    let recreate = plan
+        .actionable()
+        .find(|c| c.name == web3)
+        .unwrap_or_else(|| panic!("no change for {web3}:\n{plan}"));
+    assert_eq!(recreate.action, Action::Create, "{plan}");
+    assert!(recreate.drift, "{plan}");
+    assert_eq!(recreate.reason.as_deref(), Some("deleted outside cul8er"));
+    let healed = d
+        .apply(&plan, &request("ops"), &Cancel::new(), &|_| {})
+        .await
+        .unwrap();
+    assert!(healed.outcome.succeeded(), "{:#?}", healed.outcome);
+    let again = d.plan().await.unwrap();
+    assert!(!again.has_changes(), "after the heal:\n{again}");
     for record in ["topology", "plan", "outcome"] {
         assert!(
             d.state
