@@ -222,6 +222,10 @@ pub(super) enum Entry {
     Finish,
     /// Canary: go on from step `index` (`resume`), or to 100% at once when `promote`.
     Step { index: usize, promote: bool },
+    /// Canary stopped before its first step (killed while its set came up): check
+    /// the new set's health again, then the steps from the first (or 100% when
+    /// `promote`).
+    FirstStep { promote: bool },
     /// Put all traffic back on the serving set and delete the new one (`abort`).
     Abort,
 }
@@ -427,6 +431,10 @@ impl Roller<'_> {
             }
             Entry::Finish => self.switch(run, client, &edge).await,
             Entry::Step { index, promote } => self.steps(run, client, &edge, index, promote).await,
+            Entry::FirstStep { promote } => match self.still_healthy(run, client, &edge).await {
+                Ok(()) => self.steps(run, client, &edge, 0, promote).await,
+                Err(reason) => Ended::Failed(format!("not started: {reason}")),
+            },
         };
         if let Some(Ok(watch)) = watch.get() {
             for name in &run.new {
@@ -1344,7 +1352,7 @@ fn entry_for(action: Continue, strategy: SwitchStrategy, phase: Phase) -> Option
         },
         (_, Phase::PausedBeforeSwitch | Phase::Running { step: None }) => match strategy {
             SwitchStrategy::BlueGreen => Entry::Switch,
-            SwitchStrategy::Canary => Entry::Step { index: 0, promote },
+            SwitchStrategy::Canary => Entry::FirstStep { promote },
         },
     })
 }
@@ -1580,13 +1588,15 @@ mod tests {
                 promote: false
             })
         );
-        // Killed before any step was recorded (during bring-up): the first step.
+        // Killed before any step was recorded (during bring-up): the new set's
+        // health again, then the first step.
         assert_eq!(
             resume(Phase::RUNNING),
-            Some(Entry::Step {
-                index: 0,
-                promote: false
-            })
+            Some(Entry::FirstStep { promote: false })
+        );
+        assert_eq!(
+            promote(Phase::RUNNING),
+            Some(Entry::FirstStep { promote: true })
         );
         // And the steps run from there: the recorded step's weight, not the first's.
         let topology = canary_topology();
