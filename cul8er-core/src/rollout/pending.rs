@@ -37,6 +37,17 @@
 //! pause` takes no lease: it only sets the pause request, which the command running the
 //! rollout (holding the lease) acts on at its next step.
 //!
+//! # What a killed command leaves
+//!
+//! The record is written before each move of traffic, never after: a canary's
+//! `running` record names the step it moves to ([`Phase::Running`]), so a command
+//! killed between the record and the edge change leaves the edge one step behind the
+//! record, and going on applies the recorded step's weights again (idempotent). A
+//! blue-green record says `running` until the switch; killed between the switch and
+//! the `switched` record, the edge already gives the new set all traffic, so a
+//! `running` record is read against the edge ([`PendingRollout::phase_on_edge`]) by
+//! `promote`, `resume`, `abort` and `status` before anything acts on it.
+//!
 //! # A damaged record
 //!
 //! A record that cannot be read (edited by hand, written by an unknown version) is a
