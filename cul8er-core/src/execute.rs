@@ -684,8 +684,19 @@ impl Executor {
                 if release_changed || change.start {
                     self.deploy_release(client, change, desired, waited, &progress)
                         .await?;
-                } else if change.service_to_start().is_some() {
-                    self.start_service(client, change, desired, waited, &progress)
+                } else if change.service_to_start().is_some()
+                    && let Err(error) = self
+                        .start_service(client, change, desired, waited, &progress)
+                        .await
+                {
+                    // Its definition or its files went with it: deploying the release
+                    // again (idempotent, the same version) puts them back and starts it.
+                    let error = error_chain(&error);
+                    tracing::warn!(instance = %change.name, %error, "the service did not start; deploying the release again");
+                    progress(&format!(
+                        "the service did not start ({error}): deploying the release again"
+                    ));
+                    self.deploy_release(client, change, desired, waited, &progress)
                         .await?;
                 }
                 Ok(())
@@ -911,7 +922,8 @@ impl Executor {
         })
     }
     /// Starts the release service of `desired` that the plan found stopped inside the
-    /// running instance, through the instance's init.
+    /// running instance, through the instance's init. When that fails, the caller
+    /// deploys the release again.
     async fn start_service(
         &self,
         client: &incus_api::Client,

@@ -3,9 +3,10 @@
 //! inside one replica (with the `incus` command) shows as stopped there and takes one
 //! off the deployment's healthy count; a service killed by hand shows the restart its
 //! init made; a service stopped by hand is drift that the next plan names and apply
-//! starts through the init, behind the resource's health gate. On the busybox image
-//! (init respawn) and, when `CUL8ER_TEST_DEBIAN_IMAGE` and `CUL8ER_TEST_OPENRC_IMAGE`
-//! are set, on the Debian images with systemd and OpenRC.
+//! starts through the init, behind the resource's health gate (and deploys again when
+//! its service definition is gone too). On the busybox image (init respawn) and, when
+//! `CUL8ER_TEST_DEBIAN_IMAGE` and `CUL8ER_TEST_OPENRC_IMAGE` are set, on the Debian
+//! images with systemd and OpenRC.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod live_support;
@@ -13,7 +14,7 @@ mod live_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cul8er_core::execute::Cancel;
+use cul8er_core::execute::{ApplyEvent, Cancel};
 use cul8er_core::lock::Holder;
 use cul8er_core::plan::Action;
 use cul8er_core::release::{ReleaseHealth, ServiceState};
@@ -89,10 +90,12 @@ fn state(health: &BTreeMap<String, Option<ReleaseHealth>>, name: &str) -> Option
     health.get(name)?.as_ref().map(|h| h.state)
 }
 
-/// How the service of app `app` is stopped and killed by hand inside an instance.
+/// How the service of app `app` is stopped and killed by hand inside an instance, and
+/// how its service definition is removed.
 struct ByHand {
     stop: &'static str,
     kill: &'static str,
+    remove: &'static str,
 }
 
 const BUSYBOX: ByHand = ByHand {
@@ -103,17 +106,20 @@ const BUSYBOX: ByHand = ByHand {
            pid=\"$(cut -d' ' -f1 /run/cul8er-app/pid)\" && \
            { kill -KILL \"$pid\" 2>/dev/null || ! kill -0 \"$pid\" 2>/dev/null; }",
     kill: "kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+    remove: "rm /etc/service.d/cul8er-app",
 };
 
 const OPENRC: ByHand = ByHand {
     stop: "rc-service cul8er-app stop",
     // supervise-daemon respawns it.
     kill: "kill -KILL \"$(cut -d' ' -f1 /run/cul8er-app/pid)\"",
+    remove: "rm /etc/init.d/cul8er-app",
 };
 
 const SYSTEMD: ByHand = ByHand {
     stop: "systemctl stop cul8er-app.service",
     kill: "systemctl kill --signal=KILL cul8er-app.service",
+    remove: "rm /etc/systemd/system/cul8er-app.service && systemctl daemon-reload",
 };
 
 async fn status_and_list_follow_the_service(image: &str, by_hand: &ByHand) {
@@ -254,6 +260,44 @@ async fn a_stopped_service_is_drift_that_apply_starts(image: &str, by_hand: &ByH
     assert_eq!(state(&health, &second), Some(ServiceState::Running));
     let again = d.plan().await.unwrap();
     assert!(!again.has_changes(), "second plan: {again}");
+
+    // Stopped and its service definition removed: the init cannot start it, so apply
+    // deploys the release again, which puts the definition back and starts it.
+    let lose = format!("{} && {}", by_hand.stop, by_hand.remove);
+    incus(&["exec", &second, "--", "sh", "-c", &lose]);
+    status_until(&d, "the second stopped", |h| {
+        state(h, &second) == Some(ServiceState::Stopped)
+    })
+    .await;
+    let plan = d.plan().await.unwrap();
+    let names: Vec<&str> = plan.actionable().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, [second.as_str()], "{plan}");
+    let events = std::sync::Mutex::new(Vec::new());
+    let report = d
+        .apply(&plan, &request, &Cancel::new(), &|event| {
+            if let ApplyEvent::StepProgress { message, .. } = event {
+                events.lock().unwrap().push(message.clone());
+            }
+        })
+        .await
+        .unwrap();
+    let failures: Vec<_> = report.outcome.failures().collect();
+    assert!(failures.is_empty(), "failed steps: {failures:#?}");
+    let events = events.into_inner().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("is missing") && m.contains("deploying the release again")),
+        "{events:#?}"
+    );
+    let health = health_of(&d.status().await.unwrap().instances);
+    assert_eq!(
+        state(&health, &second),
+        Some(ServiceState::Running),
+        "{health:#?}"
+    );
+    let again = d.plan().await.unwrap();
+    assert!(!again.has_changes(), "third plan: {again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,15 +303,25 @@ pub(super) fn restart_script() -> String {
 /// The start script: `sh -c START cul8er APP WAIT_SECONDS`. Detects the init and, when
 /// the service does not run (stopped by hand, or given up on by systemd), starts it
 /// through the init as [`restart_script`] does and waits until it runs; a service that
-/// runs is left alone. Prints `init` and the service state.
+/// runs is left alone. Prints `init` and the service state. Exits 6 at once when the
+/// service definition is gone (the release must be deployed again).
 pub(super) fn start_script() -> String {
     format!(
         r#"set -eu
 app="$1"; wait_seconds="$2"; only_start=true
 {DETECT_INIT}echo "init=$init"
-if [ "$init" = unknown ]; then
-    echo "no supported init: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
-    exit 3
+case "$init" in
+    systemd) definition="/etc/systemd/system/cul8er-$app.service" ;;
+    openrc) definition="/etc/init.d/cul8er-$app" ;;
+    busybox) definition="/etc/service.d/cul8er-$app" ;;
+    *)
+        echo "no supported init: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
+        exit 3
+        ;;
+esac
+if [ ! -e "$definition" ]; then
+    echo "the service definition $definition is missing" >&2
+    exit 6
 fi
 {SERVICE_STATE}{RESTART}"#
     )
@@ -592,6 +602,13 @@ mod tests {
         assert!(start.contains("echo \"init=$init\""), "it says which init");
         // The service state function is defined before it is used.
         assert!(start.find("service_state() {").unwrap() < guard);
+        // A lost service definition is found before anything starts.
+        let layout = Layout::new("$app");
+        for init in [InitSystem::Systemd, InitSystem::Openrc, InitSystem::Busybox] {
+            let definition = format!("definition=\"{}\"", layout.service_file(init));
+            let found = start.find(&definition).expect(&definition);
+            assert!(found < guard, "{definition}");
+        }
         let restart = restart_script();
         assert!(restart.contains("only_start=false"), "{restart}");
         // Both start a unit systemd gave up on, and re-register a busybox line.
