@@ -847,10 +847,15 @@ impl Deployment {
         })
     }
 
-    /// Fills in each instance's release health: one bounded exec per running
-    /// instance that has a release (the topology's, or the one found in an instance
-    /// the topology no longer declares).
-    async fn release_health(&self, desired: &Desired, instances: &mut [InstanceStatus]) {
+    /// Fills in each instance's release health: what the observation read already, else
+    /// one bounded exec per running instance that has a release (the topology's, or
+    /// the one found in an instance the topology no longer declares).
+    async fn release_health(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        instances: &mut [InstanceStatus],
+    ) {
         let apps: BTreeMap<(&str, &str), &str> = desired
             .instances
             .iter()
