@@ -1433,10 +1433,17 @@ where
             Sent::Failed { error, .. } => {
                 backend.metrics.record_error(elapsed);
                 backend.record_outcome(false);
-                tracing::debug!(
-                    service = %service.config.name, backend = %backend.name,
-                    error = %crate::admin::error_chain(&error), "backend request failed"
-                );
+                if matches!(error, ExchangeError::Body(RelayError::Stalled { .. })) {
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name, stalled = "backend",
+                        error = %crate::admin::error_chain(&error), "request body stalled"
+                    );
+                } else {
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name,
+                        error = %crate::admin::error_chain(&error), "backend request failed"
+                    );
+                }
                 last_failure = Some(format!(
                     "502 Bad Gateway: backend '{}' ({}) failed the exchange",
                     backend.name, backend.address
@@ -1446,10 +1453,17 @@ where
             Sent::ClientFailed(error) => {
                 // Counted as a request without an answer, but not against the backend.
                 backend.metrics.record_error(elapsed);
-                tracing::debug!(
-                    service = %service.config.name, backend = %backend.name,
-                    error = %crate::admin::error_chain(&error), "client request body failed"
-                );
+                if matches!(error, RelayError::Stalled { .. }) {
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name, stalled = "client",
+                        error = %crate::admin::error_chain(&error), "request body stalled"
+                    );
+                } else {
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name,
+                        error = %crate::admin::error_chain(&error), "client request body failed"
+                    );
+                }
                 if let RelayError::Framing(reason) = error {
                     let message =
                         format!("400 Bad Request: the request body is malformed: {reason}");

@@ -81,6 +81,11 @@ async fn serve(mut stream: TcpStream) {
         let Some((target, length)) = request(&mut stream, &mut buf).await else {
             return;
         };
+        if target == "/no-read" {
+            // Takes none of the body (longer than any test waits).
+            tokio::time::sleep(10 * NEVER).await;
+            return;
+        }
         while buf.len() < length {
             if !more(&mut stream, &mut buf).await {
                 return;
@@ -438,4 +443,55 @@ async fn a_tcp_connection_that_stops_moving_is_closed_after_the_idle_timeout() {
     assert!(received.ends_with(b"hello"));
     assert!(waited >= BODY && waited < 2 * BODY, "{waited:?}");
     backend_connections_closed(&backend, 1).await;
+}
+
+/// A backend that stops reading a request body (more than the socket buffers hold) on
+/// the fast path: after `timeouts.body` the client gets 502 (well before
+/// `response_headers`) and the backend gets the error.
+#[tokio::test(start_paused = true)]
+async fn a_request_body_the_backend_stops_reading_is_answered_502_after_the_body_timeout() {
+    let backend = backend().await;
+    let proxy = proxy_to(backend.addr, "body = \"30s\", response_headers = \"10m\"").await;
+    let stream = TcpStream::connect(proxy.local_addr("web").unwrap())
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let head = format!("POST /no-read HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n");
+    let mut upload = JoinSet::new();
+    upload.spawn(async move {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let zeros = vec![0_u8; 64 * 1024];
+        for _ in 0..BIG / zeros.len() {
+            if writer.write_all(&zeros).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The answer's status, read while the upload is held up.
+    let mut reader = reader;
+    let mut answer = Vec::new();
+    let status = tokio::time::timeout(NEVER, async {
+        let mut chunk = [0_u8; 8192];
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(_) = parsed.parse(&answer).unwrap() {
+                return parsed.code.unwrap();
+            }
+            let n = reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a response head");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the held-up upload was never answered");
+    let waited = started.elapsed();
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&answer));
+    assert!(waited >= BODY && waited < 2 * BODY, "{waited:?}");
+    assert_eq!(errors(&proxy), 1);
+    drop(reader);
+    while upload.join_next().await.is_some() {}
+    still_serves(&proxy).await;
 }
