@@ -1143,11 +1143,23 @@ impl<'t> Stall<'t> {
             self.armed = false;
             return Poll::Ready(Some(value));
         }
+        if self.waited_out(cx) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Whether the deadline has passed, arming it first when bytes moved since it was
+    /// last armed. Out of line: the common exchange never waits.
+    #[cold]
+    #[inline(never)]
+    fn waited_out(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.armed {
             self.armed = true;
             self.timer.as_mut().reset(Instant::now() + self.limit);
         }
-        self.timer.as_mut().poll(cx).map(|()| None)
+        self.timer.as_mut().poll(cx).is_ready()
     }
 
     fn stalled(&self, side: Waiting) -> RelayError {
