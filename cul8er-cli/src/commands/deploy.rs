@@ -556,6 +556,8 @@ fn rollout_lines(status: &cul8er_core::Status) -> String {
             "Rollout in progress: {rollout}; {}.\n",
             if rollout.phase == cul8er_core::rollout::pending::Phase::Switched {
                 "`cul8er promote` finishes it (`cul8er abort` cannot undo a switch)"
+            } else if rollout.edge_unread.is_some() {
+                "`cul8er promote`, `resume` or `abort` read the edge first and continue it once it answers"
             } else {
                 "`cul8er promote`, `resume` or `abort` continue it"
             }
@@ -806,6 +808,18 @@ mod tests {
         assert!(
             rollout_lines(&status).ends_with(
                 "paused at step 2 (25% to the canary) since 2026-11-26T04:48:11Z by ops@laptop (pid 42); `cul8er promote`, `resume` or `abort` continue it.\n"
+            ),
+            "{}",
+            rollout_lines(&status)
+        );
+        // A running record whose edge did not answer: not taken for unswitched.
+        let rollout = status.rollout.as_mut().unwrap();
+        rollout.phase = Phase::RUNNING;
+        rollout.record.phase = Phase::RUNNING;
+        rollout.edge_unread = Some("the edge shop-edge on host local did not answer, so whether the switch happened is not known".into());
+        assert!(
+            rollout_lines(&status).ends_with(
+                "running since 2026-11-26T04:48:11Z by ops@laptop (pid 42); the edge shop-edge on host local did not answer, so whether the switch happened is not known; `cul8er promote`, `resume` or `abort` read the edge first and continue it once it answers.\n"
             ),
             "{}",
             rollout_lines(&status)

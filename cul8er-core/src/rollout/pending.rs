@@ -351,6 +351,12 @@ pub struct RolloutStatus {
     /// The record as kept on the Incus server (its own `phase` is what the command
     /// that wrote it last recorded).
     pub record: PendingRollout,
+    /// A `running` record whose edge could not be read: why. `phase` is then the
+    /// record's own and whether the switch happened is not known (`promote`,
+    /// `resume` and `abort` read the edge before they act). Absent when the edge
+    /// was read, or when nothing needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_unread: Option<String>,
 }
 
 impl RolloutStatus {
@@ -360,18 +366,42 @@ impl RolloutStatus {
         Self {
             phase: record.phase_on_edge(edge),
             record,
+            edge_unread: None,
         }
     }
-}
 
-impl RolloutStatus {
     /// The status of `record` read against the edge on its first host among `edges`
-    /// (as `cul8er status` reads them); an edge that does not run says nothing.
+    /// (as `cul8er status` reads them). A `running` record of sets behind the edge
+    /// whose edge did not answer (or is not among `edges`) keeps its own phase, with
+    /// [`RolloutStatus::edge_unread`] saying so: an unread edge is never taken for
+    /// one that has not switched.
     #[must_use]
     pub fn on_edges(record: PendingRollout, edges: &[crate::edge::EdgeStatus]) -> Self {
-        let weights: Vec<BackendWeight> = edges
+        let host = record.hosts.first();
+        let edge = edges.iter().find(|e| host == Some(&e.host));
+        let behind_edge = record
+            .old_set
+            .members
             .iter()
-            .filter(|e| record.hosts.first() == Some(&e.host))
+            .chain(&record.new_set.members)
+            .any(|m| !m.backend.is_empty());
+        let edge_unread = (matches!(record.phase, Phase::Running { .. })
+            && behind_edge
+            && edge.is_none_or(|e| e.health.is_none()))
+        .then(|| match (edge, host) {
+            (Some(e), _) => format!(
+                "the edge {} on host {} did not answer, so whether the switch happened is not known",
+                e.instance, e.host
+            ),
+            (None, Some(host)) => format!(
+                "the topology has no edge on host {host} to read, so whether the switch happened is not known"
+            ),
+            (None, None) => {
+                "the record names no host, so whether the switch happened is not known".to_owned()
+            }
+        });
+        let weights: Vec<BackendWeight> = edge
+            .into_iter()
             .filter_map(|e| e.health.as_ref())
             .flat_map(|health| &health.services)
             .flat_map(|service| {
@@ -382,7 +412,10 @@ impl RolloutStatus {
                 })
             })
             .collect();
-        Self::new(record, &weights)
+        Self {
+            edge_unread,
+            ..Self::new(record, &weights)
+        }
     }
 }
 
@@ -395,6 +428,9 @@ impl fmt::Display for RolloutStatus {
                 "; the edge shows it {}: the command that ran it stopped before recording that",
                 self.phase
             )?;
+        }
+        if let Some(why) = &self.edge_unread {
+            write!(f, "; {why}")?;
         }
         Ok(())
     }
@@ -896,6 +932,63 @@ mod tests {
             serde_json::to_string(&Phase::RUNNING).unwrap(),
             r#"{"kind":"running"}"#
         );
+    }
+
+    /// Regression: `status` took an edge that did not answer for one that had not
+    /// switched, and so reported a running blue-green record as plainly running (and
+    /// abort as open) while the edge might give the new set all traffic.
+    #[test]
+    fn a_running_record_whose_edge_did_not_answer_is_reported_unconfirmed() {
+        let edge = |health: serde_json::Value| -> crate::edge::EdgeStatus {
+            serde_json::from_value(serde_json::json!({
+                "host": "local", "instance": "shop-edge", "health": health
+            }))
+            .unwrap()
+        };
+        let mut running = record(Phase::RUNNING, None);
+        running.strategy = SwitchStrategy::BlueGreen;
+        let unread = RolloutStatus::on_edges(running.clone(), &[edge(serde_json::Value::Null)]);
+        assert_eq!(unread.phase, Phase::RUNNING);
+        let why = unread
+            .edge_unread
+            .as_deref()
+            .expect("the status says the edge was not read");
+        assert!(why.contains("shop-edge") && why.contains("local"), "{why}");
+        assert!(
+            unread.to_string().ends_with(&format!("; {why}")),
+            "{unread}"
+        );
+        // No edge on the record's host at all: nothing tells whether it switched.
+        let none = RolloutStatus::on_edges(running.clone(), &[]);
+        assert!(none.edge_unread.is_some(), "{none}");
+        // The edge answered: confirmed either way.
+        let answered = edge(
+            serde_json::json!({"services": [{"name": "api", "available": 2, "backends": [
+                {"name": "shop-api-1", "address": "10.0.0.2:80", "weight": 0, "health": "healthy", "ejected": false, "last_check": null},
+                {"name": "shop-api-1-c", "address": "10.0.0.3:80", "weight": 1, "health": "healthy", "ejected": false, "last_check": null}
+            ]}]}),
+        );
+        let read = RolloutStatus::on_edges(running.clone(), &[answered]);
+        assert_eq!(read.phase, Phase::Switched);
+        assert_eq!(read.edge_unread, None);
+        // A paused record was written after its edge change: no edge needed.
+        let paused = record(
+            Phase::PausedBeforeSwitch,
+            Some(PauseReason::ManualPromotion),
+        );
+        let status = RolloutStatus::on_edges(paused, &[edge(serde_json::Value::Null)]);
+        assert_eq!(status.edge_unread, None);
+        // Sets not behind the edge: there is nothing to read.
+        for member in running
+            .old_set
+            .members
+            .iter_mut()
+            .chain(running.new_set.members.iter_mut())
+        {
+            member.backend.clear();
+        }
+        let unserved = RolloutStatus::on_edges(running, &[]);
+        assert_eq!(unserved.edge_unread, None);
     }
 
     #[test]
