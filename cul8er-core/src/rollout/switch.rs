@@ -227,7 +227,20 @@ pub(super) enum Entry {
     /// `promote`).
     FirstStep { promote: bool },
     /// Put all traffic back on the serving set and delete the new one (`abort`).
-    Abort,
+    /// `step`: the canary step the record held, recorded again while the undo runs,
+    /// so that an abort killed before its undo leaves the step, not the first.
+    Abort { step: Option<StepAt> },
+}
+
+/// The phase a running record carries while `entry` runs.
+fn running_phase(run: &SetRun<'_>, entry: Entry) -> Phase {
+    match entry {
+        Entry::Step { index, promote } => Phase::Running {
+            step: Some(run.step_at(index, promote)),
+        },
+        Entry::Abort { step } => Phase::Running { step },
+        Entry::Start | Entry::Switch | Entry::Finish | Entry::FirstStep { .. } => Phase::RUNNING,
+    }
 }
 
 /// How far a set rollout got.
@@ -360,18 +373,13 @@ impl Roller<'_> {
         {
             // The record of a running rollout, so that `cul8er pause` can reach it
             // and a rollout killed halfway is found. Unrecorded, it does not start.
-            // A canary going on from a step records that step at once: killed
-            // before the step's own record, it is not sent back to the first step.
-            let phase = match entry {
-                Entry::Step { index, promote } => Phase::Running {
-                    step: Some(run.step_at(index, promote)),
-                },
-                _ => Phase::RUNNING,
-            };
+            // A canary going on from a step, or being aborted at one, records that
+            // step at once: killed before the step's own record (or the undo), it is
+            // not sent back to the first step.
             let running = run.record(
                 &self.topology.name,
                 &self.executor.options.revision,
-                phase,
+                running_phase(run, entry),
                 None,
                 Vec::new(),
             );
@@ -383,7 +391,7 @@ impl Roller<'_> {
             }
         }
         let ended = match entry {
-            Entry::Abort => Ended::Failed("aborted by the operator".to_owned()),
+            Entry::Abort { .. } => Ended::Failed("aborted by the operator".to_owned()),
             Entry::Start => {
                 let up = tokio::select! {
                     biased;
@@ -1338,7 +1346,11 @@ fn entry_for(action: Continue, strategy: SwitchStrategy, phase: Phase) -> Option
     let promote = action == Continue::Promote;
     Some(match (action, phase) {
         (Continue::Abort, Phase::Switched) => return None,
-        (Continue::Abort, _) => Entry::Abort,
+        (Continue::Abort, Phase::Running { step }) => Entry::Abort { step },
+        (Continue::Abort, Phase::PausedAtStep { index, weight }) => Entry::Abort {
+            step: Some(StepAt { index, weight }),
+        },
+        (Continue::Abort, Phase::PausedBeforeSwitch) => Entry::Abort { step: None },
         (_, Phase::Switched) => Entry::Finish,
         // The paused step was judged: on with the next.
         (_, Phase::PausedAtStep { index, .. }) => Entry::Step {
@@ -1609,6 +1621,72 @@ mod tests {
         assert_eq!(run.step_at(9, false), step(3, 100));
     }
 
+    /// Regression: `abort` recorded itself as running with no step, so an abort killed
+    /// before its undo left a canary at 50% whose next `resume` went back to the
+    /// first step (10%), and `status` no longer said which step the edge held.
+    #[test]
+    fn an_abort_killed_before_its_undo_leaves_the_step_recorded() {
+        let topology = canary_topology();
+        let run = canary_run(&topology.resources[0]);
+        let at = |index, weight| StepAt { index, weight };
+        let aborted_from = |phase| {
+            let entry = entry_for(Continue::Abort, SwitchStrategy::Canary, phase).unwrap();
+            assert!(matches!(entry, Entry::Abort { .. }), "{entry:?}");
+            running_phase(&run, entry)
+        };
+        let paused = Phase::PausedAtStep {
+            index: 1,
+            weight: 25,
+        };
+        let recorded = aborted_from(paused);
+        assert_eq!(
+            recorded,
+            Phase::Running {
+                step: Some(at(1, 25))
+            }
+        );
+        // A `resume` after the killed abort goes on from that step, never the first.
+        assert_eq!(
+            entry_for(Continue::Resume, SwitchStrategy::Canary, recorded),
+            Some(Entry::Step {
+                index: 1,
+                promote: false
+            })
+        );
+        let moving = Phase::Running {
+            step: Some(at(2, 50)),
+        };
+        assert_eq!(aborted_from(moving), moving);
+        assert_eq!(aborted_from(Phase::RUNNING), Phase::RUNNING);
+        assert_eq!(
+            running_phase(
+                &run,
+                entry_for(
+                    Continue::Abort,
+                    SwitchStrategy::BlueGreen,
+                    Phase::PausedBeforeSwitch
+                )
+                .unwrap()
+            ),
+            Phase::RUNNING
+        );
+        // The other entries record as before.
+        assert_eq!(
+            running_phase(
+                &run,
+                Entry::Step {
+                    index: 2,
+                    promote: false
+                }
+            ),
+            moving
+        );
+        assert_eq!(
+            running_phase(&run, Entry::FirstStep { promote: true }),
+            Phase::RUNNING
+        );
+    }
+
     #[test]
     fn a_switch_the_edge_made_is_finished_never_undone() {
         for strategy in [SwitchStrategy::BlueGreen, SwitchStrategy::Canary] {
@@ -1623,7 +1701,7 @@ mod tests {
             );
             assert_eq!(
                 entry_for(Continue::Abort, strategy, Phase::RUNNING),
-                Some(Entry::Abort)
+                Some(Entry::Abort { step: None })
             );
         }
         // Blue-green before its switch: promote checks health again and switches.
