@@ -1323,9 +1323,6 @@ enum Sent {
     /// The client's request body failed (it left, or its chunks are malformed): not
     /// the backend's fault.
     ClientFailed(RelayError),
-    /// The deadline passed while the client's body was awaited: not the backend's
-    /// fault either.
-    ClientTimedOut,
     TimedOut,
     Cut,
 }
@@ -1410,6 +1407,7 @@ where
                 &mut backend_buffer,
                 head.head_method,
                 head.close,
+                timeouts.response_headers,
                 header_timer.as_mut(),
                 Stall::new(body_timer.as_mut(), timeouts.body),
                 cut.as_mut(),
@@ -1508,15 +1506,6 @@ where
                 )
                 .await;
             }
-            Sent::ClientTimedOut => {
-                // As ClientFailed: counted, but not against the backend.
-                backend.metrics.record_error(elapsed);
-                let message = format!(
-                    "408 Request Timeout: the request body did not arrive within {}",
-                    crate::config::format_duration(timeouts.response_headers)
-                );
-                return local_answer(io, StatusCode::REQUEST_TIMEOUT, message, false, true).await;
-            }
             Sent::Cut => {
                 backend.metrics.record_error(elapsed);
                 let message = format!("502 Bad Gateway: {DRAIN_CUT}");
@@ -1602,7 +1591,10 @@ async fn acquire(
 }
 
 /// Writes the request (head, then the body from the client) and reads the response
-/// head, within the response-headers deadline and unless the backend is cut.
+/// head, unless the backend is cut. While the client's body streams, only `stall`
+/// bounds it (no byte moving for the body timeout, whichever side holds it up); the
+/// response-headers deadline runs from the end of the request (for a request written
+/// in one piece, from the start of the attempt, which `header_timer` holds).
 #[expect(
     clippy::too_many_arguments,
     reason = "one exchange's parts, borrowed from its caller"
@@ -1617,72 +1609,75 @@ async fn send<I>(
     backend_buffer: &mut Buffer,
     head_method: bool,
     close_client: bool,
-    header_timer: Pin<&mut Sleep>,
+    response_headers: Duration,
+    mut header_timer: Pin<&mut Sleep>,
     stall: Stall<'_>,
-    cut: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    mut cut: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Sent
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    // Which side the exchange waits on: the client only while its body is relayed.
-    let mut waiting = Waiting::Sink;
-    let exchange = async {
-        let mut early = false;
-        if body_read {
-            if let Err(error) = stream.write_all(out).await {
-                return Sent::Failed {
-                    error: ExchangeError::Write(error),
-                    stale: true,
-                };
-            }
-        } else {
-            // The body streams from the client. A backend may answer before it has
-            // read it all (and stop reading): a final response head stops the relay,
-            // an interim (1xx) one is skipped and the relay goes on.
-            let mut request_out = std::mem::take(out);
-            let (mut reader, mut writer) = stream.split();
-            let sent = {
-                let mut body = pin!(relay(
-                    io,
-                    buffer,
-                    framing,
-                    &mut writer,
-                    &mut request_out,
-                    &mut waiting,
-                    stall,
-                ));
-                loop {
-                    tokio::select! {
-                        biased;
-                        sent = body.as_mut() => break Some(sent),
-                        read = backend_buffer.fill(&mut reader) => {
-                            if !matches!(read, Ok(n) if n > 0) || answered(backend_buffer) {
-                                break None;
-                            }
+    let mut early = false;
+    if !body_read {
+        // The body streams from the client. A backend may answer before it has read
+        // it all (and stop reading): a final response head stops the relay, an
+        // interim (1xx) one is skipped and the relay goes on.
+        let mut waiting = Waiting::Sink;
+        let mut request_out = std::mem::take(out);
+        let (mut reader, mut writer) = stream.split();
+        let sent = {
+            let mut body = pin!(relay(
+                io,
+                buffer,
+                framing,
+                &mut writer,
+                &mut request_out,
+                &mut waiting,
+                stall,
+            ));
+            loop {
+                tokio::select! {
+                    biased;
+                    sent = body.as_mut() => break Some(sent),
+                    read = backend_buffer.fill(&mut reader) => {
+                        if !matches!(read, Ok(n) if n > 0) || answered(backend_buffer) {
+                            break None;
                         }
                     }
+                    () = cut.as_mut() => return Sent::Cut,
                 }
-            };
-            *out = request_out;
-            waiting = Waiting::Sink;
-            match sent {
-                Some(Ok(())) => {}
-                // The backend stopped taking the body: its doing.
-                Some(Err(
-                    error @ (RelayError::Write(_)
-                    | RelayError::Stalled {
-                        side: Waiting::Sink,
-                        ..
-                    }),
-                )) => {
-                    return Sent::Failed {
-                        error: ExchangeError::Body(error),
-                        stale: false,
-                    };
-                }
-                Some(Err(error)) => return Sent::ClientFailed(error),
-                None => early = true,
             }
+        };
+        *out = request_out;
+        match sent {
+            Some(Ok(())) => {}
+            // The backend stopped taking the body: its doing.
+            Some(Err(
+                error @ (RelayError::Write(_)
+                | RelayError::Stalled {
+                    side: Waiting::Sink,
+                    ..
+                }),
+            )) => {
+                return Sent::Failed {
+                    error: ExchangeError::Body(error),
+                    stale: false,
+                };
+            }
+            Some(Err(error)) => return Sent::ClientFailed(error),
+            None => early = true,
+        }
+        // Out of the common exchange's way: only a streamed body reads the clock.
+        header_timer
+            .as_mut()
+            .reset(Instant::now() + response_headers);
+    }
+    let exchange = async {
+        if body_read && let Err(error) = stream.write_all(out).await {
+            return Sent::Failed {
+                error: ExchangeError::Write(error),
+                stale: true,
+            };
         }
         match read_response_head(stream, backend_buffer, head_method, close_client || early).await {
             Ok(head) if early => Sent::EarlyResponse(head),
@@ -1693,15 +1688,11 @@ where
             },
         }
     };
-    let sent = tokio::select! {
+    tokio::select! {
         biased;
         sent = exchange => sent,
         () = header_timer => Sent::TimedOut,
         () = cut => Sent::Cut,
-    };
-    match sent {
-        Sent::TimedOut if waiting == Waiting::Source => Sent::ClientTimedOut,
-        sent => sent,
     }
 }
 

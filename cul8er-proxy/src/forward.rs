@@ -4,8 +4,9 @@
 //! The proxy's own answers (404 no route, 502, 503 no healthy backend, 504) have a
 //! plain-text body that says what happened, so a client never waits on nothing.
 
+use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -153,12 +154,96 @@ impl BodyDeadline {
 }
 
 /// What the sender of a client's body learns from it: whether its last poll waited on
-/// the client, so that a deadline passing then is put down to the client, and whether
-/// it ended because the client sent nothing for the body timeout.
+/// the client, whether it ended because the client sent nothing for the body timeout,
+/// and when it last handed a frame on (and whether that was its end), so that the
+/// response-headers deadline starts at the body's end and a backend that stops taking
+/// the body is noticed.
 #[derive(Default)]
 pub(crate) struct ClientBodyWatch {
     waiting: AtomicBool,
     stalled: AtomicBool,
+    progress: Mutex<BodyProgress>,
+}
+
+/// When a client's body last handed a frame to the backend connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct BodyProgress {
+    /// `None` before the first frame.
+    last: Option<Instant>,
+    ended: bool,
+}
+
+impl ClientBodyWatch {
+    fn moved(&self, ended: bool) {
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        progress.last = Some(Instant::now());
+        progress.ended |= ended;
+    }
+
+    fn progress(&self) -> BodyProgress {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why an exchange ran out of time before its response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// No response head within `response_headers` of the request's end.
+    ResponseHeaders,
+    /// The backend took no byte of the request body for the body timeout.
+    BodyNotTaken,
+}
+
+/// Runs `exchange` within its deadlines. Without a streamed body: `response_headers`
+/// from `started`. With one, while it is sent only the body timeout applies: the
+/// client's stalls end the body itself (its own deadline), and a backend that takes
+/// no frame for the body timeout ends the exchange; `response_headers` runs from the
+/// body's last frame. hyper polls a body only while it can write, so the body cannot
+/// see the backend's stall itself: it is checked here, at least every
+/// `min(response_headers, body)`, which is only ever waited out by a slow upload.
+async fn within_deadlines<F: Future>(
+    exchange: F,
+    watch: Option<&ClientBodyWatch>,
+    started: Instant,
+    timeouts: &crate::config::TimeoutConfig,
+) -> Result<F::Output, Expired> {
+    let step = timeouts.response_headers.min(timeouts.body);
+    let first = match watch {
+        None => started + timeouts.response_headers,
+        Some(_) => started + step,
+    };
+    let mut exchange = pin!(exchange);
+    let mut timer = pin!(tokio::time::sleep_until(first));
+    loop {
+        tokio::select! {
+            biased;
+            output = exchange.as_mut() => return Ok(output),
+            () = timer.as_mut() => {}
+        }
+        let Some(watch) = watch else {
+            return Err(Expired::ResponseHeaders);
+        };
+        let now = Instant::now();
+        let progress = watch.progress();
+        let last = progress.last.unwrap_or(started);
+        let next = if progress.ended {
+            let deadline = last + timeouts.response_headers;
+            if now >= deadline {
+                return Err(Expired::ResponseHeaders);
+            }
+            deadline
+        } else if watch.waiting.load(Ordering::Relaxed) {
+            // Waiting on the client: the body's own deadline ends it.
+            now + step
+        } else {
+            let deadline = last + timeouts.body;
+            if now >= deadline {
+                return Err(Expired::BodyNotTaken);
+            }
+            deadline.min(now + step)
+        };
+        timer.as_mut().reset(next);
+    }
 }
 
 /// A client's request body on its way to a backend, ended when the client sends
@@ -193,14 +278,21 @@ impl Body for ClientBody {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Some(watch) = &this.watch {
             watch.waiting.store(polled.is_pending(), Ordering::Relaxed);
-            if polled.is_pending() {
-                if this.deadline.poll_expired(cx) {
-                    watch.stalled.store(true, Ordering::Relaxed);
-                    let stalled = this.deadline.stalled("request body from the client");
-                    return Poll::Ready(Some(Err(stalled.into())));
+            match &polled {
+                Poll::Pending => {
+                    if this.deadline.poll_expired(cx) {
+                        watch.stalled.store(true, Ordering::Relaxed);
+                        let stalled = this.deadline.stalled("request body from the client");
+                        return Poll::Ready(Some(Err(stalled.into())));
+                    }
                 }
-            } else {
-                this.deadline.progressed();
+                // hyper ends a body that says it has ended without polling it again.
+                Poll::Ready(Some(Ok(_))) => {
+                    this.deadline.progressed();
+                    watch.moved(this.body.is_end_stream());
+                }
+                Poll::Ready(None) => watch.moved(true),
+                Poll::Ready(Some(Err(_))) => {}
             }
         }
         polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
@@ -564,9 +656,11 @@ async fn forward(
         }
 
         let sent = tokio::select! {
-            sent = tokio::time::timeout(
-                service.config.timeouts.response_headers,
+            sent = within_deadlines(
                 exchange(service, &backend, connection, outbound),
+                watch.as_deref(),
+                started,
+                &service.config.timeouts,
             ) => sent,
             () = backend.cut.cancelled() => {
                 backend.metrics.record_error(started.elapsed());
@@ -674,22 +768,23 @@ async fn forward(
                 }
                 tried.push(index);
             }
-            // Still waiting on the client's body: its doing, not the backend's.
-            Err(_)
-                if watch
-                    .as_ref()
-                    .is_some_and(|w| w.waiting.load(Ordering::Relaxed)) =>
-            {
+            Err(Expired::BodyNotTaken) => {
+                // The backend stopped taking the body: its doing, as on the fast path.
                 backend.metrics.record_error(elapsed);
+                backend.record_outcome(false);
+                tracing::debug!(
+                    service = %service.config.name, backend = %backend.name, stalled = "backend",
+                    "request body stalled"
+                );
                 return closing(local(
-                    StatusCode::REQUEST_TIMEOUT,
+                    StatusCode::BAD_GATEWAY,
                     format!(
-                        "408 Request Timeout: the request body did not arrive within {}",
-                        crate::config::format_duration(service.config.timeouts.response_headers)
+                        "502 Bad Gateway: backend '{}' ({}) failed the exchange",
+                        backend.name, backend.address
                     ),
                 ));
             }
-            Err(_) => {
+            Err(Expired::ResponseHeaders) => {
                 backend.metrics.record_error(elapsed);
                 backend.record_outcome(false);
                 return local(

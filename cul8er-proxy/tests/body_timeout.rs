@@ -81,6 +81,16 @@ async fn serve(mut stream: TcpStream) {
         let Some((target, length)) = request(&mut stream, &mut buf).await else {
             return;
         };
+        if target == "/no-answer" {
+            // Takes the whole body, then never answers.
+            while buf.len() < length {
+                if !more(&mut stream, &mut buf).await {
+                    return;
+                }
+            }
+            tokio::time::sleep(10 * NEVER).await;
+            return;
+        }
         if target == "/no-read" {
             // Takes none of the body (longer than any test waits).
             tokio::time::sleep(10 * NEVER).await;
@@ -445,53 +455,113 @@ async fn a_tcp_connection_that_stops_moving_is_closed_after_the_idle_timeout() {
     backend_connections_closed(&backend, 1).await;
 }
 
-/// A backend that stops reading a request body (more than the socket buffers hold) on
-/// the fast path: after `timeouts.body` the client gets 502 (well before
-/// `response_headers`) and the backend gets the error.
+/// A backend that stops reading a request body (more than the socket buffers hold),
+/// on both paths: after `timeouts.body` the client gets 502 (well before
+/// `response_headers`) and the backend gets the error. (hyper stops polling a body it
+/// cannot write, so on the general path the exchange's own deadline notices.)
 #[tokio::test(start_paused = true)]
 async fn a_request_body_the_backend_stops_reading_is_answered_502_after_the_body_timeout() {
     let backend = backend().await;
     let proxy = proxy_to(backend.addr, "body = \"30s\", response_headers = \"10m\"").await;
-    let stream = TcpStream::connect(proxy.local_addr("web").unwrap())
+    for (round, (path, extra)) in PATHS.into_iter().enumerate() {
+        let stream = TcpStream::connect(proxy.local_addr("web").unwrap())
+            .await
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let started = Instant::now();
+        let head =
+            format!("POST /no-read HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {BIG}\r\n\r\n");
+        let mut upload = JoinSet::new();
+        upload.spawn(async move {
+            writer.write_all(head.as_bytes()).await.unwrap();
+            let zeros = vec![0_u8; 64 * 1024];
+            for _ in 0..BIG / zeros.len() {
+                if writer.write_all(&zeros).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // The answer's status, read while the upload is held up.
+        let mut reader = reader;
+        let mut answer = Vec::new();
+        let status = tokio::time::timeout(NEVER, async {
+            let mut chunk = [0_u8; 8192];
+            loop {
+                let mut fields = [httparse::EMPTY_HEADER; 32];
+                let mut parsed = httparse::Response::new(&mut fields);
+                if let httparse::Status::Complete(_) = parsed.parse(&answer).unwrap() {
+                    return parsed.code.unwrap();
+                }
+                let n = reader.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "{path}: closed before a response head");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        })
         .await
-        .unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (reader, mut writer) = stream.into_split();
-    let started = Instant::now();
-    let head = format!("POST /no-read HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n");
-    let mut upload = JoinSet::new();
-    upload.spawn(async move {
-        writer.write_all(head.as_bytes()).await.unwrap();
-        let zeros = vec![0_u8; 64 * 1024];
-        for _ in 0..BIG / zeros.len() {
-            if writer.write_all(&zeros).await.is_err() {
-                return;
-            }
+        .expect("the held-up upload was never answered");
+        let waited = started.elapsed();
+        assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&answer));
+        assert!(waited >= BODY && waited < 2 * BODY, "{path}: {waited:?}");
+        assert_eq!(errors(&proxy), round as u64 + 1, "{path}");
+        drop(reader);
+        while upload.join_next().await.is_some() {}
+        still_serves(&proxy).await;
+    }
+}
+
+/// A slow upload that keeps moving (a byte every 20 s) for far longer than
+/// `response_headers` (10 s) is delivered whole and answered, on both paths: that
+/// deadline runs from the end of the request, and while the body is sent only
+/// `timeouts.body` applies.
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_that_keeps_moving_outlasts_the_response_headers_timeout() {
+    let backend = backend().await;
+    let proxy = proxy_to(backend.addr, "body = \"30s\", response_headers = \"10s\"").await;
+    for (path, extra) in PATHS {
+        let mut client = Client::connect(&proxy).await;
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 5\r\nConnection: close\r\n\r\n"
+        );
+        client.send(request.as_bytes()).await;
+        let started = Instant::now();
+        for byte in b"hello" {
+            tokio::time::sleep(GAP).await;
+            client.send(&[*byte]).await;
         }
-    });
-    // The answer's status, read while the upload is held up.
-    let mut reader = reader;
-    let mut answer = Vec::new();
-    let status = tokio::time::timeout(NEVER, async {
-        let mut chunk = [0_u8; 8192];
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Response::new(&mut fields);
-            if let httparse::Status::Complete(_) = parsed.parse(&answer).unwrap() {
-                return parsed.code.unwrap();
-            }
-            let n = reader.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before a response head");
-            answer.extend_from_slice(&chunk[..n]);
+        assert_eq!(client.head().await, (200, Some(5)), "{path}");
+        assert!(started.elapsed() >= 5 * GAP, "{path}");
+        assert_eq!(client.until_close().await, b"got 5", "{path}");
+    }
+    assert_eq!(errors(&proxy), 0);
+}
+
+/// A backend that reads a slowly sent body to its end and then never answers gets 504
+/// `response_headers` after the body's last byte, not after the request's start, on
+/// both paths; the backend gets the error.
+#[tokio::test(start_paused = true)]
+async fn the_response_headers_timeout_runs_from_the_end_of_the_request_body() {
+    const RESPONSE_HEADERS: Duration = Duration::from_secs(10);
+    let backend = backend().await;
+    let proxy = proxy_to(backend.addr, "body = \"30s\", response_headers = \"10s\"").await;
+    for (round, (path, extra)) in PATHS.into_iter().enumerate() {
+        let mut client = Client::connect(&proxy).await;
+        let request =
+            format!("POST /no-answer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 5\r\n\r\n");
+        client.send(request.as_bytes()).await;
+        for byte in b"hello" {
+            tokio::time::sleep(GAP).await;
+            client.send(&[*byte]).await;
         }
-    })
-    .await
-    .expect("the held-up upload was never answered");
-    let waited = started.elapsed();
-    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&answer));
-    assert!(waited >= BODY && waited < 2 * BODY, "{waited:?}");
-    assert_eq!(errors(&proxy), 1);
-    drop(reader);
-    while upload.join_next().await.is_some() {}
+        let sent = Instant::now();
+        let (status, _) = client.head().await;
+        let waited = sent.elapsed();
+        assert_eq!(status, 504, "{path}");
+        assert!(
+            waited >= RESPONSE_HEADERS && waited < 2 * RESPONSE_HEADERS,
+            "{path}: {waited:?}"
+        );
+        assert_eq!(errors(&proxy), round as u64 + 1, "{path}");
+    }
     still_serves(&proxy).await;
 }

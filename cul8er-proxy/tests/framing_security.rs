@@ -473,15 +473,15 @@ async fn a_request_head_that_never_ends_is_cut_after_the_header_read_timeout() {
     assert!(received.lock().unwrap().is_empty());
 }
 
-/// A request body that stops coming is the client's doing: past `response_headers` it
-/// is answered 408 on both paths and not counted against the backend, however often.
+/// A request body that stops coming is the client's doing: past `timeouts.body` it is
+/// answered 408 on both paths and not counted against the backend, however often.
 /// On a paused clock.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_request_body_is_answered_408_and_does_not_eject_the_backend() {
     let (addr, _received, _tasks) = recording(OK).await;
     let config = http_config(&format!(
         "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n\
-         timeouts = {{ response_headers = \"5s\" }}\n"
+         timeouts = {{ body = \"5s\" }}\n"
     ));
     let (proxy, _) = start(config).await;
     for general in [false, true, false, true, false, true] {
