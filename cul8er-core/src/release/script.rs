@@ -92,6 +92,21 @@ else
 fi
 "#;
 
+/// OpenRC's boot (sysinit, boot) resets its record of started services: a service
+/// started before it reached its runlevel would run unrecorded, so that `rc-service
+/// stop` leaves it running. Waits (up to 30 s) for the runlevel when `$init` is
+/// OpenRC; does nothing under another init.
+const WAIT_FOR_RUNLEVEL: &str = r#"if [ "$init" = openrc ]; then
+    tenths=0
+    while [ "$tenths" -lt 300 ]; do
+        case "$(rc-status --runlevel 2>/dev/null)" in
+            "" | sysinit | boot) sleep 0.1; tenths=$((tenths + 1)) ;;
+            *) break ;;
+        esac
+    done
+fi
+"#;
+
 /// Defines `service_state`, which prints the state of the service of `$app` under the
 /// init in `$init` as `key=value` lines: `running`, `pid`, `start_time`, `restarts`,
 /// `state` (systemd), `supervised` (busybox and OpenRC: whether the init respawns it),
@@ -192,19 +207,7 @@ if [ "$init" = unknown ]; then
     echo "no supported init after ${{waited}} s: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
     exit 3
 fi
-# OpenRC's boot (sysinit, boot) resets its record of started services: a service
-# started before it reached its runlevel would run unrecorded, so that `rc-service
-# stop` leaves it running. Wait for the runlevel.
-if [ "$init" = openrc ]; then
-    tenths=0
-    while [ "$tenths" -lt 300 ]; do
-        case "$(rc-status --runlevel 2>/dev/null)" in
-            "" | sysinit | boot) sleep 0.1; tenths=$((tenths + 1)) ;;
-            *) break ;;
-        esac
-    done
-fi
-if ! id -u "$user" >/dev/null 2>&1; then
+{WAIT_FOR_RUNLEVEL}if ! id -u "$user" >/dev/null 2>&1; then
     nologin=/bin/false
     for shell in /usr/sbin/nologin /sbin/nologin; do
         if [ -x "$shell" ]; then nologin="$shell"; break; fi
@@ -323,7 +326,7 @@ if [ ! -e "$definition" ]; then
     echo "the service definition $definition is missing" >&2
     exit 6
 fi
-{SERVICE_STATE}{RESTART}"#
+{WAIT_FOR_RUNLEVEL}{SERVICE_STATE}{RESTART}"#
     )
 }
 
@@ -602,6 +605,15 @@ mod tests {
         assert!(start.contains("echo \"init=$init\""), "it says which init");
         // The service state function is defined before it is used.
         assert!(start.find("service_state() {").unwrap() < guard);
+        // Regression: in an instance still booting OpenRC, a service the boot has not
+        // started yet reads as stopped; starting it before the runlevel left it running
+        // unrecorded by OpenRC (so `rc-service stop` no longer stopped it). The start
+        // waits for the runlevel first, as a deploy does.
+        let waits = start
+            .find("rc-status --runlevel")
+            .expect("the start script waits for OpenRC's runlevel");
+        assert!(waits < guard, "it waits before reading the state");
+        assert!(prepare_script().contains(WAIT_FOR_RUNLEVEL));
         // A lost service definition is found before anything starts.
         let layout = Layout::new("$app");
         for init in [InitSystem::Systemd, InitSystem::Openrc, InitSystem::Busybox] {
