@@ -213,11 +213,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
     }
 }
 
-/// When a connection last moved bytes and how many requests it has in flight.
+/// When a connection last moved bytes, since when a write to it has been waiting, and
+/// how many requests it has in flight.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Milliseconds since `start`, plus one, at which a write to the client began to
+    /// wait for room; 0 while no write waits.
+    write_waiting_ms: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
 }
 
@@ -226,13 +230,44 @@ impl Activity {
         Arc::new(Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            write_waiting_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
 
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Relaxed);
+        self.last_ms.store(self.elapsed_ms(), Relaxed);
+    }
+
+    /// A write moved bytes: nothing waits any more.
+    fn wrote(&self) {
+        self.touch();
+        if self.write_waiting_ms.load(Relaxed) != 0 {
+            self.write_waiting_ms.store(0, Relaxed);
+        }
+    }
+
+    /// A write with bytes to send has to wait for room. Out of line: a client that
+    /// reads what it is sent rarely makes a write wait.
+    #[cold]
+    #[inline(never)]
+    fn write_waits(&self) {
+        if self.write_waiting_ms.load(Relaxed) == 0 {
+            self.write_waiting_ms.store(self.elapsed_ms() + 1, Relaxed);
+        }
+    }
+
+    /// When a write that has been waiting since then will have waited `limit`; `None`
+    /// while no write waits.
+    pub(crate) fn write_deadline(&self, limit: Duration) -> Option<Instant> {
+        match self.write_waiting_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(self.start + Duration::from_millis(ms - 1) + limit),
+        }
     }
 
     /// When the connection becomes idle-expired if nothing happens until then.
@@ -299,8 +334,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => self.activity.wrote(),
+            Poll::Pending if !buf.is_empty() => self.activity.write_waits(),
+            _ => {}
         }
         result
     }
@@ -310,8 +347,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => self.activity.wrote(),
+            Poll::Pending if bufs.iter().any(|b| !b.is_empty()) => self.activity.write_waits(),
+            _ => {}
         }
         result
     }
@@ -319,7 +358,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // A TLS stream holds records it could not write yet until it is flushed.
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if result.is_pending() {
+            self.activity.write_waits();
+        }
+        result
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)

@@ -344,7 +344,7 @@ impl Watch {
         let mut added = pin!(context.tunnels.added.notified());
         let result = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-                return Poll::Ready(result);
+                return Poll::Ready(Some(result));
             }
             side.register(cx.waker());
             if !side.fired.swap(false, Ordering::AcqRel) {
@@ -357,23 +357,30 @@ impl Watch {
                 }
                 added.set(context.tunnels.added.notified());
             }
-            if closing {
-                return Poll::Pending;
-            }
-            let mut shut = stop.as_mut().poll(&mut side_cx).is_ready();
+            let mut shut = !closing && stop.as_mut().poll(&mut side_cx).is_ready();
             while !shut && idle.as_mut().poll(&mut side_cx).is_ready() {
-                if context.activity.expired(self.idle) {
+                let now = Instant::now();
+                let unwritten = context.activity.write_deadline(self.idle);
+                if unwritten.is_some_and(|deadline| now >= deadline) {
+                    // The client has taken no byte for the idle timeout: a graceful
+                    // shutdown would wait for the very response it does not read.
+                    return Poll::Ready(None);
+                }
+                if closing {
+                    // Only a write that waits is watched any more.
+                    idle.as_mut().reset(unwritten.unwrap_or(now + self.idle));
+                } else if context.activity.expired(self.idle) {
                     shut = true;
                 } else {
                     // Busy (a request in flight) or active since: wait again, never
-                    // for a deadline already past.
-                    let now = Instant::now();
+                    // for a deadline already past, nor past a waiting write's.
                     let deadline = context.activity.deadline(self.idle);
-                    idle.as_mut().reset(if deadline > now {
+                    let next = if deadline > now {
                         deadline
                     } else {
                         now + self.idle
-                    });
+                    };
+                    idle.as_mut().reset(unwritten.map_or(next, |w| w.min(next)));
                 }
             }
             if shut {
@@ -385,8 +392,20 @@ impl Watch {
             Poll::Pending
         })
         .await;
-        if let Err(error) = result {
-            tracing::debug!(client = %self.client, %error, "client connection ended with an error");
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                tracing::debug!(client = %self.client, %error, "client connection ended with an error");
+            }
+            None => {
+                // Dropping the connection drops its exchanges: their backend
+                // connections are closed, and nothing is counted against a backend.
+                drop(connection);
+                tracing::debug!(
+                    client = %self.client, stalled = "client", idle = ?self.idle,
+                    "the client took no byte of its response for the idle timeout; closing"
+                );
+            }
         }
         for tunnel in context.tunnels.take() {
             tunnels.spawn(tunnel);

@@ -401,21 +401,97 @@ async fn a_request_body_the_client_stops_sending_is_answered_408_after_the_body_
     still_serves(&proxy).await;
 }
 
+/// The listener idle timeout the tests of a client that stops reading configure:
+/// longer than [`BODY`], so that each path shows which one it follows.
+const IDLE: Duration = Duration::from_secs(45);
+
+/// The proxy with a listener idle timeout of [`IDLE`] and a body timeout of [`BODY`].
+async fn proxy_with_idle(addr: SocketAddr) -> cul8er_proxy::Proxy {
+    let config = cul8er_proxy::ProxyConfig::from_toml(
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nidle_timeout = \"45s\"\n\
+             routes = [{{ service = \"app\" }}]\n\n\
+             [[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n\
+             timeouts = {{ body = \"30s\" }}\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    cul8er_proxy::Proxy::start(config).await.unwrap()
+}
+
+/// Waits until the proxy has closed `count` backend connections and returns how long
+/// that took from `started`.
+async fn backend_closed_after(backend: &Backend, count: usize, started: Instant) -> Duration {
+    tokio::time::timeout(NEVER, async {
+        while backend.closed.load(SeqCst) < count {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the proxy never closed the backend connection");
+    started.elapsed()
+}
+
 /// A client that stops reading a large response: once no byte has moved for
-/// `timeouts.body` its connection is closed (it gets less than the whole body) and the
-/// backend's too, and the backend is not blamed.
+/// `timeouts.body` (fast path) or no byte could be written to it for the listener's
+/// `idle_timeout` (general path: hyper stops polling a body it cannot write) its
+/// connection is closed (it gets less than the whole body) and the backend's too, and
+/// the backend is not blamed.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_cut_and_the_backend_is_not_blamed() {
     let backend = backend().await;
-    let proxy = proxy_to(backend.addr, "body = \"30s\"").await;
+    let proxy = proxy_with_idle(backend.addr).await;
+    let requests: [(&str, &[u8], Duration); 2] = [
+        ("fast", b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n", BODY),
+        // HTTP/1.0 goes to hyper.
+        ("general", b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n", IDLE),
+    ];
+    for (round, (path, request, limit)) in requests.into_iter().enumerate() {
+        let mut client = Client::connect(&proxy).await;
+        let started = Instant::now();
+        client.send(request).await;
+        assert_eq!(client.head().await, (200, Some(BIG)), "{path}");
+        // Reads nothing: the proxy gives up on it after its limit.
+        let waited = backend_closed_after(&backend, round + 1, started).await;
+        assert!(
+            waited >= limit && waited < limit + BODY,
+            "{path}: {waited:?}"
+        );
+        let received = client.until_close().await;
+        assert!(received.len() < BIG, "{path}: the whole body came");
+        assert_eq!(errors(&proxy), 0, "{path}");
+    }
+    still_serves(&proxy).await;
+}
+
+/// An HTTP/2 client that opens a large flow-control window, asks for a large response
+/// and then reads nothing more from its socket: after the listener's `idle_timeout`
+/// without a byte written its connection is closed, and the backend is not blamed.
+#[tokio::test(start_paused = true)]
+async fn an_http2_client_that_stops_reading_is_cut_and_the_backend_is_not_blamed() {
+    let backend = backend().await;
+    let proxy = proxy_with_idle(backend.addr).await;
     let mut client = Client::connect(&proxy).await;
-    client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(client.head().await, (200, Some(BIG)));
-    // Reads nothing for longer than the timeout, then all there is.
-    tokio::time::sleep(10 * BODY).await;
+    let started = Instant::now();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: the largest initial window; then the connection window to match.
+    frames.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 0x4, 0x7f, 0xff, 0xff, 0xff]);
+    let increment: u32 = 0x7fff_ffff - 65_535;
+    frames.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&increment.to_be_bytes());
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://x/big, HPACK with
+    // static-table names and literal values.
+    let block = [&[0x82, 0x86, 0x44, 4][..], b"/big", &[0x41, 1], b"x"].concat();
+    let length = u8::try_from(block.len()).unwrap();
+    frames.extend_from_slice(&[0, 0, length, 0x1, 0x5, 0, 0, 0, 1]);
+    frames.extend_from_slice(&block);
+    client.send(&frames).await;
+    // Reads nothing from here on.
+    let waited = backend_closed_after(&backend, 1, started).await;
+    assert!(waited >= IDLE && waited < IDLE + BODY, "{waited:?}");
     let received = client.until_close().await;
-    assert!(received.len() < BIG, "the whole body came: nothing was cut");
-    backend_connections_closed(&backend, 1).await;
+    assert!(received.len() < BIG, "the whole body came");
     assert_eq!(errors(&proxy), 0);
     still_serves(&proxy).await;
 }
