@@ -1531,8 +1531,10 @@ where
         };
         drop(guard);
         if let Err(error) = relayed {
-            // The head is sent: no status can be given any more, so the client
-            // connection closes, and the backend's is not reused.
+            // The client connection closes, and the backend's is not reused. Once the
+            // head is sent no status can be given any more; before (a body broken in
+            // the bytes that came with its head), the client gets 502.
+            let head_unsent = !out.is_empty();
             match error {
                 RelayError::Stalled { side, .. } => {
                     let stalled = if side == Waiting::Source {
@@ -1546,6 +1548,24 @@ where
                         service = %service.config.name, backend = %backend.name, stalled,
                         error = %crate::admin::error_chain(&error), "response body stalled"
                     );
+                }
+                // The backend cut its body short, broke its framing or its
+                // connection: an error of the backend's (a valid head was an answer,
+                // so not one that feeds passive ejection).
+                RelayError::Truncated | RelayError::Framing(_) | RelayError::Read(_) => {
+                    backend.metrics.record_broken_body();
+                    tracing::debug!(
+                        service = %service.config.name, backend = %backend.name,
+                        error = %crate::admin::error_chain(&error), "response body broken by the backend"
+                    );
+                    if head_unsent {
+                        let message = format!(
+                            "502 Bad Gateway: backend '{}' ({}) sent a broken response body",
+                            backend.name, backend.address
+                        );
+                        return local_answer(io, StatusCode::BAD_GATEWAY, message, body_read, true)
+                            .await;
+                    }
                 }
                 error => tracing::debug!(
                     service = %service.config.name, backend = %backend.name,

@@ -408,6 +408,15 @@ impl Body for ProxyBody {
                         tracked.finished = true;
                         Poll::Ready(None)
                     }
+                    Poll::Ready(Some(Err(error))) => {
+                        // The backend cut its body short, broke its framing or its
+                        // connection: counted as on the fast path.
+                        backend.metrics.record_broken_body();
+                        tracing::debug!(
+                            backend = %backend.name, %error, "response body broken by the backend"
+                        );
+                        Poll::Ready(Some(Err(error.into())))
+                    }
                     Poll::Ready(frame) => {
                         tracked.deadline.progressed();
                         Poll::Ready(frame.map(|f| f.map_err(Into::into)))

@@ -418,6 +418,84 @@ async fn a_backend_closing_mid_body_closes_the_client_connection_and_the_next_on
     assert_eq!(proxy.stats().backend("app", "s").unwrap().requests, 3);
 }
 
+/// A response body the backend cuts short (length or chunked) or whose chunked framing
+/// is malformed is an error of the backend's, on both paths: counted in its `errors`,
+/// but not toward passive ejection (its head was a valid answer), so more of them than
+/// `consecutive_failures` leave it in rotation.
+#[tokio::test]
+async fn a_broken_response_body_counts_as_a_backend_error_but_does_not_eject() {
+    let (addr, _seen, _tasks) = scripted(|target| match target {
+        "/cut" => (
+            answer("200 OK", "Content-Length: 100\r\n", "only ten.."),
+            true,
+        ),
+        "/cut-chunked" => (
+            answer(
+                "200 OK",
+                "Transfer-Encoding: chunked\r\n",
+                "a\r\nonly ten..",
+            ),
+            true,
+        ),
+        "/bad-chunk" => (
+            answer(
+                "200 OK",
+                "Transfer-Encoding: chunked\r\n",
+                "zz\r\nnot hex\r\n",
+            ),
+            false,
+        ),
+        _ => (answer("200 OK", "Content-Length: 2\r\n", "ok"), false),
+    })
+    .await;
+    let config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{addr}\" }}]\n\
+         passive = {{ consecutive_failures = 2 }}\n"
+    ));
+    let proxy = start(config).await.0;
+    let addr = proxy.local_addr("web").unwrap();
+    let mut broken = 0;
+    for extra in ["", "Upgrade: none\r\n"] {
+        for path in ["/cut", "/cut-chunked", "/bad-chunk"] {
+            let mut client = Conn::connect(addr).await;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            client.send(request.as_bytes()).await;
+            let head = client.head(false).await;
+            match (path, extra.is_empty()) {
+                // The fast path checks the chunk line that came with the head before
+                // it relays the head, so it can still answer 502; hyper fails the
+                // body before its head is written and closes the connection.
+                ("/bad-chunk", true) => assert_eq!(head.map(|h| h.status), Some(502)),
+                ("/bad-chunk", false) => assert!(head.is_none() && client.buf.is_empty()),
+                _ => {
+                    let status = head.map(|h| h.status);
+                    assert_eq!(status, Some(200), "{path} {extra}");
+                    while client.more().await {}
+                    let received = String::from_utf8_lossy(&client.buf).into_owned();
+                    assert!(
+                        received.contains("only ten.."),
+                        "{path} {extra}: {received:?}"
+                    );
+                    assert!(client.buf.len() < 100, "{path} {extra}");
+                }
+            }
+            broken += 1;
+            let stats = proxy.stats();
+            let stats = stats.backend("app", "s").unwrap();
+            assert_eq!(stats.errors, broken, "{path} {extra}");
+            assert_eq!(
+                (stats.ejected, stats.ejections),
+                (false, 0),
+                "{path} {extra}"
+            );
+        }
+    }
+    let mut client = Conn::connect(addr).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = client.head(false).await.unwrap();
+    assert_eq!(client.body(&head, false).await, b"ok");
+}
+
 #[tokio::test]
 async fn a_body_until_close_reaches_the_client_with_connection_close() {
     let (addr, _seen, _tasks) = scripted(|_| {
