@@ -532,10 +532,23 @@ impl Deployment {
         lease: &mut crate::lock::Lease,
     ) -> Result<ApplyReport, DeployError> {
         let topology = &self.topology.name;
-        let current = match request.destroy {
-            Some(volumes) => self.plan_destroy(volumes).await?,
-            None => self.plan().await?,
-        };
+        // Planning again reads every release service (one bounded exec each), which
+        // can outlast the lease's time to live: it is renewed meanwhile, so that no
+        // other operator takes a lapsed lease while this apply goes on to its steps.
+        let planned = tokio_util::sync::CancellationToken::new();
+        let (current, kept) = tokio::join!(
+            async {
+                let current = match request.destroy {
+                    Some(volumes) => self.plan_destroy(volumes).await,
+                    None => self.plan().await,
+                };
+                planned.cancel();
+                current
+            },
+            lease.keep_alive(&planned)
+        );
+        kept?;
+        let current = current?;
         let differences = plan.differences(&current);
         if !differences.is_empty() {
             return Err(DeployError::WorldMoved { differences });
