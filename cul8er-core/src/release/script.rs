@@ -92,11 +92,21 @@ else
 fi
 "#;
 
-/// OpenRC's boot (sysinit, boot) resets its record of started services: a service
-/// started before it reached its runlevel would run unrecorded, so that `rc-service
-/// stop` leaves it running. Waits (up to 30 s) for the runlevel when `$init` is
-/// OpenRC; does nothing under another init.
-const WAIT_FOR_RUNLEVEL: &str = r#"if [ "$init" = openrc ]; then
+/// Waits (up to 30 s) until the init found in `$init` can be asked to manage a
+/// service, in an instance that has just started:
+/// - systemd makes `/run/systemd/system` before its control socket, and `systemctl`
+///   fails ("Failed to connect to bus") until `/run/systemd/private` exists;
+/// - OpenRC's boot (sysinit, boot) resets its record of started services: a service
+///   started before it reached its runlevel would run unrecorded, so that
+///   `rc-service stop` leaves it running.
+const WAIT_FOR_INIT: &str = r#"if [ "$init" = systemd ]; then
+    tenths=0
+    while [ ! -S /run/systemd/private ] && [ "$tenths" -lt 300 ]; do
+        sleep 0.1
+        tenths=$((tenths + 1))
+    done
+fi
+if [ "$init" = openrc ]; then
     tenths=0
     while [ "$tenths" -lt 300 ]; do
         case "$(rc-status --runlevel 2>/dev/null)" in
@@ -207,7 +217,7 @@ if [ "$init" = unknown ]; then
     echo "no supported init after ${{waited}} s: /run/systemd/system is absent, there is no openrc-run, and pid 1 is not busybox init" >&2
     exit 3
 fi
-{WAIT_FOR_RUNLEVEL}if ! id -u "$user" >/dev/null 2>&1; then
+{WAIT_FOR_INIT}if ! id -u "$user" >/dev/null 2>&1; then
     nologin=/bin/false
     for shell in /usr/sbin/nologin /sbin/nologin; do
         if [ -x "$shell" ]; then nologin="$shell"; break; fi
@@ -326,7 +336,7 @@ if [ ! -e "$definition" ]; then
     echo "the service definition $definition is missing" >&2
     exit 6
 fi
-{WAIT_FOR_RUNLEVEL}{SERVICE_STATE}{RESTART}"#
+{WAIT_FOR_INIT}{SERVICE_STATE}{RESTART}"#
     )
 }
 
@@ -587,6 +597,20 @@ mod tests {
         assert!(bb.contains("chown 998:997"), "{bb}");
     }
 
+    /// Regression: a release deployed into a systemd instance that had just started
+    /// failed with "Failed to connect to bus": systemd makes /run/systemd/system, by
+    /// which the init is detected, before its control socket.
+    #[test]
+    fn a_deploy_waits_for_systemds_control_socket() {
+        let prepare = prepare_script();
+        let detected = prepare.find("echo \"init=$init\"").unwrap();
+        let waits = prepare
+            .find("[ ! -S /run/systemd/private ]")
+            .expect("prepare waits for systemd's control socket");
+        assert!(detected < waits, "it waits once the init is known");
+        assert!(start_script().contains(WAIT_FOR_INIT));
+    }
+
     #[test]
     fn start_leaves_a_running_service_alone_and_restart_does_not() {
         let start = start_script();
@@ -613,7 +637,7 @@ mod tests {
             .find("rc-status --runlevel")
             .expect("the start script waits for OpenRC's runlevel");
         assert!(waits < guard, "it waits before reading the state");
-        assert!(prepare_script().contains(WAIT_FOR_RUNLEVEL));
+        assert!(prepare_script().contains(WAIT_FOR_INIT));
         // A lost service definition is found before anything starts.
         let layout = Layout::new("$app");
         for init in [InitSystem::Systemd, InitSystem::Openrc, InitSystem::Busybox] {
