@@ -261,6 +261,13 @@ impl Activity {
         }
     }
 
+    /// A flush completed: what waited in it has been written.
+    fn flushed(&self) {
+        if self.write_waiting_ms.load(Relaxed) != 0 {
+            self.wrote();
+        }
+    }
+
     /// When a write that has been waiting since then will have waited `limit`; `None`
     /// while no write waits.
     pub(crate) fn write_deadline(&self, limit: Duration) -> Option<Instant> {
@@ -358,10 +365,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // A TLS stream holds records it could not write yet until it is flushed.
+        // A TLS stream holds records it could not write yet until it is flushed, and
+        // writes them in the flush: one that completes after waiting has moved them.
         let result = Pin::new(&mut self.inner).poll_flush(cx);
-        if result.is_pending() {
-            self.activity.write_waits();
+        match result {
+            Poll::Pending => self.activity.write_waits(),
+            Poll::Ready(Ok(())) => self.activity.flushed(),
+            Poll::Ready(Err(_)) => {}
         }
         result
     }
@@ -442,6 +452,57 @@ mod tests {
         drop(client);
         let err = PrefixedIo::new(server).sniff_http2().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A writer that takes every write at once and whose flush waits once, as a TLS
+    /// stream's does while the socket has no room for the records it holds.
+    struct FlushWaitsOnce {
+        waited: bool,
+    }
+
+    impl AsyncWrite for FlushWaitsOnce {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.waited {
+                return Poll::Ready(Ok(()));
+            }
+            self.waited = true;
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Regression: a flush that waited for room and then completed left its write
+    /// marked as waiting until the next write, so a TLS connection that then had
+    /// nothing to send for the idle timeout (an idle HTTP/2 connection, a long poll
+    /// waiting for its answer) was dropped as a client that takes no byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_waited_and_completed_leaves_no_write_waiting() {
+        const IDLE: Duration = Duration::from_secs(60);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(FlushWaitsOnce { waited: false }, activity.clone());
+        io.write_all(b"the end of a response").await.unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        let waiting = activity.write_deadline(IDLE);
+        assert_eq!(
+            waiting,
+            Some(Instant::now() + IDLE),
+            "a waiting flush is watched"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert_eq!(activity.write_deadline(IDLE), None);
+        // The bytes moved when the flush completed.
+        assert_eq!(activity.deadline(IDLE), Instant::now() + IDLE);
     }
 
     #[tokio::test]
