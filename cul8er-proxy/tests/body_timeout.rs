@@ -465,6 +465,54 @@ async fn a_client_that_stops_reading_is_cut_and_the_backend_is_not_blamed() {
     still_serves(&proxy).await;
 }
 
+/// A client that reads a large response in bursts with pauses of [`GAP`], shorter than
+/// the listener's `idle_timeout` and `timeouts.body`, for more than twice either, is
+/// never cut on either path: the proxy's writes wait for room for about a pause each
+/// time, and each write that moves bytes ends the wait. (Each burst takes more than
+/// a socket's largest send buffer, so that the proxy's socket has room again after it
+/// whatever the kernel's buffer sizing.)
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_in_bursts_with_pauses_is_never_cut() {
+    const ROUNDS: u32 = 5;
+    const BURST: usize = 8 << 20;
+    let backend = backend().await;
+    let proxy = proxy_with_idle(backend.addr).await;
+    let requests: [(&str, &[u8]); 2] = [
+        ("fast", b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // HTTP/1.0 goes to hyper.
+        ("general", b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n"),
+    ];
+    assert!(ROUNDS * GAP > 2 * IDLE && ROUNDS as usize * BURST < BIG);
+    for (path, request) in requests {
+        let mut client = Client::connect(&proxy).await;
+        client.send(request).await;
+        assert_eq!(client.head().await, (200, Some(BIG)), "{path}");
+        let started = Instant::now();
+        let mut received = client.buf.len();
+        let mut chunk = vec![0_u8; 256 * 1024];
+        for _ in 0..ROUNDS {
+            tokio::time::sleep(GAP).await;
+            let burst = received + BURST;
+            while received < burst {
+                let n = client.stream.read(&mut chunk).await.unwrap_or(0);
+                assert!(n > 0, "{path}: cut after {received} bytes");
+                received += n;
+            }
+        }
+        assert!(started.elapsed() >= ROUNDS * GAP, "{path}");
+        assert_eq!(
+            backend.closed.load(SeqCst),
+            0,
+            "{path}: the backend was cut"
+        );
+        drop(client);
+        backend_connections_closed(&backend, 1).await;
+        backend.closed.store(0, SeqCst);
+    }
+    assert_eq!(errors(&proxy), 0);
+    still_serves(&proxy).await;
+}
+
 /// An HTTP/2 client that opens a large flow-control window, asks for a large response
 /// and then reads nothing more from its socket: after the listener's `idle_timeout`
 /// without a byte written its connection is closed, and the backend is not blamed.
