@@ -311,13 +311,9 @@ async fn a_service_stopped_by_hand_is_started_by_apply_on_busybox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_stopped_by_hand_is_started_by_apply_on_systemd() {
-    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
-        );
+    let Some(image) = live_support::debian_image() else {
         return;
-    }
+    };
     Box::pin(a_stopped_service_is_drift_that_apply_starts(
         &image, &SYSTEMD,
     ))
@@ -326,13 +322,9 @@ async fn a_service_stopped_by_hand_is_started_by_apply_on_systemd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_stopped_by_hand_is_started_by_apply_on_openrc() {
-    let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
-        );
+    let Some(image) = live_support::openrc_image() else {
         return;
-    }
+    };
     Box::pin(a_stopped_service_is_drift_that_apply_starts(
         &image, &OPENRC,
     ))
@@ -350,24 +342,16 @@ async fn status_and_list_follow_the_release_service_on_busybox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_list_follow_the_release_service_on_systemd() {
-    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
-        );
+    let Some(image) = live_support::debian_image() else {
         return;
-    }
+    };
     Box::pin(status_and_list_follow_the_service(&image, &SYSTEMD)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_list_follow_the_release_service_on_openrc() {
-    let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
-        );
+    let Some(image) = live_support::openrc_image() else {
         return;
-    }
+    };
     Box::pin(status_and_list_follow_the_service(&image, &OPENRC)).await;
 }

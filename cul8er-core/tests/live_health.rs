@@ -12,6 +12,8 @@
 //! `cul8er-t-...` and deleted by a guard through the `incus` command.
 #![allow(clippy::unwrap_used)]
 
+mod live_support;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -385,12 +387,8 @@ async fn a_service_respawned_by_busybox_init_is_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_restarted_by_systemd_is_a_crash() {
-    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
-        );
+    let Some(image) = live_support::debian_image() else {
         return;
-    }
+    };
     flapping_service_is_caught(&image, "hc-deb").await;
 }

@@ -10,6 +10,8 @@
 //! deleted by a guard through the `incus` command.
 #![allow(clippy::unwrap_used)]
 
+mod live_support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -308,13 +310,9 @@ async fn release_runs_as_a_busybox_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_runs_as_a_systemd_service() {
-    let image = std::env::var("CUL8ER_TEST_DEBIAN_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no Debian image (run `scripts/incus-env.sh up --with-debian` and set CUL8ER_TEST_DEBIAN_IMAGE)"
-        );
+    let Some(image) = live_support::debian_image() else {
         return;
-    }
+    };
     release_lifecycle(&image, "rel-deb", InitSystem::Systemd).await;
 }
 
@@ -323,13 +321,9 @@ async fn release_runs_as_a_systemd_service() {
 /// names in `CUL8ER_TEST_OPENRC_IMAGE` (CI builds it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_runs_as_an_openrc_service() {
-    let image = std::env::var("CUL8ER_TEST_OPENRC_IMAGE").unwrap_or_default();
-    if image.is_empty() {
-        eprintln!(
-            "skipped: no OpenRC image (run `scripts/incus-env.sh up --with-openrc` and set CUL8ER_TEST_OPENRC_IMAGE)"
-        );
+    let Some(image) = live_support::openrc_image() else {
         return;
-    }
+    };
     release_lifecycle(&image, "rel-orc", InitSystem::Openrc).await;
 }
 

@@ -164,6 +164,26 @@ async fn apply(d: &Deployment) -> (ApplyReport, Vec<String>) {
 }
 
 /// Until every answer through the edge is `want` (at most 30 s).
+/// `cul8er promote`, which must finish the rollout (its events shown when it does not).
+async fn promote_succeeds(d: &Deployment) {
+    let events = Mutex::new(Vec::new());
+    let promoted = d
+        .continue_rollout(
+            Continue::Promote,
+            &Holder::current(),
+            &Cancel::new(),
+            &|e: &ApplyEvent| events.lock().unwrap().push(format!("{e:?}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        promoted.rollout.unwrap().result,
+        RolloutResult::Succeeded,
+        "{:#?}",
+        events.lock().unwrap()
+    );
+}
+
 async fn serving(port: u16, want: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for _ in 0..300 {
@@ -493,22 +513,7 @@ async fn manual_promotion_ends_paused_and_promote_switches() {
     assert!(refused.to_string().contains("cul8er promote"), "{refused}");
 
     // Promote: the switch, from the record alone.
-    let events = Mutex::new(Vec::new());
-    let promoted = d
-        .continue_rollout(
-            Continue::Promote,
-            &Holder::current(),
-            &Cancel::new(),
-            &|e: &ApplyEvent| events.lock().unwrap().push(format!("{e:?}")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        promoted.rollout.unwrap().result,
-        RolloutResult::Succeeded,
-        "{:#?}",
-        events.lock().unwrap()
-    );
+    promote_succeeds(&d).await;
     assert_eq!(
         serving(port, "web 2").await,
         BTreeSet::from(["web 2".to_owned()])
@@ -940,22 +945,7 @@ async fn a_switch_killed_before_its_record_is_finished_never_undone() {
     assert_eq!(web_instances(&names).len(), 4);
 
     // promote finishes it: the sets marked, the old one removed, the record gone.
-    let events = Mutex::new(Vec::new());
-    let promoted = d
-        .continue_rollout(
-            Continue::Promote,
-            &Holder::current(),
-            &Cancel::new(),
-            &|e: &ApplyEvent| events.lock().unwrap().push(format!("{e:?}")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        promoted.rollout.unwrap().result,
-        RolloutResult::Succeeded,
-        "{:#?}",
-        events.lock().unwrap()
-    );
+    promote_succeeds(&d).await;
     assert!(d.pending_rollout().await.unwrap().is_none());
     assert_eq!(web_instances(&names).len(), 2);
     assert_eq!(

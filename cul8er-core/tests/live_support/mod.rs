@@ -32,6 +32,29 @@ pub fn image() -> String {
     std::env::var("CUL8ER_TEST_IMAGE").unwrap_or_else(|_| "cul8er-busybox".into())
 }
 
+/// The systemd image (`CUL8ER_TEST_DEBIAN_IMAGE`), or `None` after saying how to get
+/// one: the test is then skipped.
+pub fn debian_image() -> Option<String> {
+    optional_image("CUL8ER_TEST_DEBIAN_IMAGE", "Debian", "--with-debian")
+}
+
+/// The OpenRC image (`CUL8ER_TEST_OPENRC_IMAGE`), or `None` after saying how to get
+/// one: the test is then skipped.
+pub fn openrc_image() -> Option<String> {
+    optional_image("CUL8ER_TEST_OPENRC_IMAGE", "OpenRC", "--with-openrc")
+}
+
+fn optional_image(variable: &str, what: &str, flag: &str) -> Option<String> {
+    let image = std::env::var(variable).unwrap_or_default();
+    if image.is_empty() {
+        eprintln!(
+            "skipped: no {what} image (run `scripts/incus-env.sh up {flag}` and set {variable})"
+        );
+        return None;
+    }
+    Some(image)
+}
+
 /// The static `cul8er-proxy` for the edge container (`CUL8ER_PROXY_BINARY`, or the
 /// `just proxy-static` output); a panic that says how to build it when it is missing.
 pub fn proxy_binary() -> EdgeBinary {
