@@ -456,6 +456,16 @@ impl ProxyConfig {
             });
         };
 
+        let settings = &self.settings;
+        for (name, duration) in [
+            ("drain_timeout", settings.drain_timeout),
+            ("shutdown_timeout", settings.shutdown_timeout),
+        ] {
+            if duration > MAX_DURATION {
+                problem(format!("settings.{name}"), TOO_LONG);
+            }
+        }
+
         let mut service_names = HashSet::new();
         for (i, service) in self.services.iter().enumerate() {
             let at = format!("services[{}]", label(&service.name, i));
@@ -538,6 +548,22 @@ impl ProxyConfig {
             if service.timeouts.body.is_zero() {
                 problem(format!("{at}.timeouts.body"), "must be longer than 0s");
             }
+            let timeouts = &service.timeouts;
+            let check = service.health_check.as_ref();
+            for (name, duration) in [
+                ("timeouts.connect", Some(timeouts.connect)),
+                ("timeouts.response_headers", Some(timeouts.response_headers)),
+                ("timeouts.idle", Some(timeouts.idle)),
+                ("timeouts.body", Some(timeouts.body)),
+                ("passive.base_ejection", Some(service.passive.base_ejection)),
+                ("passive.max_ejection", Some(service.passive.max_ejection)),
+                ("health_check.interval", check.map(|c| c.interval)),
+                ("health_check.timeout", check.map(|c| c.timeout)),
+            ] {
+                if duration.is_some_and(|d| d > MAX_DURATION) {
+                    problem(format!("{at}.{name}"), TOO_LONG);
+                }
+            }
         }
 
         let mut listener_names = HashSet::new();
@@ -561,6 +587,9 @@ impl ProxyConfig {
             }
             if listener.idle_timeout.is_zero() {
                 problem(format!("{at}.idle_timeout"), "must be longer than 0s");
+            }
+            if listener.idle_timeout > MAX_DURATION {
+                problem(format!("{at}.idle_timeout"), TOO_LONG);
             }
             match listener.mode {
                 ListenerMode::Tcp => {
@@ -633,6 +662,11 @@ impl ProxyConfig {
         }
     }
 }
+
+/// The longest duration a configuration may give. Deadlines are instants that far
+/// ahead, and one a lifetime away cannot be represented.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const TOO_LONG: &str = "must be at most 8760h (a year)";
 
 fn label(name: &str, index: usize) -> String {
     if name.is_empty() {
@@ -815,6 +849,55 @@ health_check = { rise = 0 }
             config.service("api").unwrap().timeouts.body,
             Duration::from_secs(300)
         );
+    }
+
+    /// Regression: a duration too long to be added to an instant was accepted, and the
+    /// first deadline made from it panicked (a body stall with `body = "…h"` huge).
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        let huge = format!("\"{}s\"", u64::MAX);
+        let text = EXAMPLE
+            .replace(
+                "drain_timeout = \"10s\"",
+                &format!("drain_timeout = {huge}"),
+            )
+            .replace(
+                "health_check = {",
+                &format!(
+                    "timeouts = {{ body = {huge}, response_headers = \"8761h\" }}\n\
+                     health_check = {{"
+                ),
+            )
+            .replace(
+                "service = \"api\"\n\n[[services]]",
+                &format!("service = \"api\"\nidle_timeout = {huge}\n\n[[services]]"),
+            );
+        let config = ProxyConfig::from_toml(&text, "huge").unwrap();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("durations of many years were accepted")
+        };
+        let mut at: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        at.sort_unstable();
+        assert_eq!(
+            at,
+            [
+                "listeners[db].idle_timeout",
+                "services[api].timeouts.body",
+                "services[api].timeouts.response_headers",
+                "settings.drain_timeout",
+            ]
+        );
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.message == "must be at most 8760h (a year)")
+        );
+        let text = EXAMPLE.replace(
+            "health_check = {",
+            "timeouts = { body = \"8760h\" }\nhealth_check = {",
+        );
+        let config = ProxyConfig::from_toml(&text, "a year").unwrap();
+        config.validate().unwrap();
     }
 
     #[test]
