@@ -581,12 +581,20 @@ async fn a_tcp_connection_that_stops_moving_is_closed_after_the_idle_timeout() {
 
 /// A backend that stops reading a request body (more than the socket buffers hold),
 /// on both paths: after `timeouts.body` the client gets 502 (well before
-/// `response_headers`) and the backend gets the error. (hyper stops polling a body it
-/// cannot write, so on the general path the exchange's own deadline notices.)
+/// `response_headers`) and the backend gets the error, which feeds passive ejection (no
+/// answer came). (hyper stops polling a body it cannot write, so on the general path
+/// the exchange's own deadline notices.)
 #[tokio::test(start_paused = true)]
 async fn a_request_body_the_backend_stops_reading_is_answered_502_after_the_body_timeout() {
+    const EJECTION: Duration = Duration::from_secs(1);
     let backend = backend().await;
-    let proxy = proxy_to(backend.addr, "body = \"30s\", response_headers = \"10m\"").await;
+    let config = http_config(&format!(
+        "[[services]]\nname = \"app\"\nbackends = [{{ name = \"s\", address = \"{}\" }}]\n\
+         timeouts = {{ body = \"30s\", response_headers = \"10m\" }}\n\
+         passive = {{ consecutive_failures = 1, base_ejection = \"1s\", max_ejection = \"1s\" }}\n",
+        backend.addr
+    ));
+    let proxy = start(config).await.0;
     for (round, (path, extra)) in PATHS.into_iter().enumerate() {
         let stream = TcpStream::connect(proxy.local_addr("web").unwrap())
             .await
@@ -628,8 +636,17 @@ async fn a_request_body_the_backend_stops_reading_is_answered_502_after_the_body
         assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&answer));
         assert!(waited >= BODY && waited < 2 * BODY, "{path}: {waited:?}");
         assert_eq!(errors(&proxy), round as u64 + 1, "{path}");
+        let stats = proxy.stats();
+        let ejections = stats.backend("app", "s").unwrap().ejections;
+        assert_eq!(
+            ejections,
+            round as u64 + 1,
+            "{path}: not toward passive ejection"
+        );
         drop(reader);
         while upload.join_next().await.is_some() {}
+        // Back in rotation after the ejection.
+        tokio::time::sleep(2 * EJECTION).await;
         still_serves(&proxy).await;
     }
 }
