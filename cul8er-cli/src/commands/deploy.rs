@@ -328,6 +328,12 @@ pub(super) fn run_apply(
     if !plan.has_changes() {
         return Outcome::Success;
     }
+    // What the messages call the run: a destroy is an apply of a destroy plan.
+    let (verb, command) = if destroy.is_some() {
+        ("Destroy", "destroy")
+    } else {
+        ("Apply", "apply")
+    };
     if !auto_approve && !from_file {
         let question = if destroy.is_some() {
             "Destroy everything listed above?"
@@ -337,7 +343,7 @@ pub(super) fn run_apply(
         match confirm(question) {
             Ok(true) => {}
             Ok(false) => {
-                settings.eprint_line("Apply cancelled: nothing was changed.");
+                settings.eprint_line(&format!("{verb} cancelled: nothing was changed."));
                 return Outcome::UserError;
             }
             Err(outcome) => return outcome,
@@ -421,14 +427,14 @@ pub(super) fn run_apply(
     }
     if outcome.cancelled {
         settings.eprint_line(&format!(
-            "Apply interrupted, {summary}. Run apply again to converge."
+            "{verb} interrupted, {summary}. Run {command} again to finish."
         ));
         Outcome::Interrupted
     } else if outcome.succeeded() {
-        settings.eprint_line(&format!("Apply complete, {summary}."));
+        settings.eprint_line(&format!("{verb} complete, {summary}."));
         Outcome::Success
     } else {
-        settings.eprint_line(&format!("Apply failed, {summary}."));
+        settings.eprint_line(&format!("{verb} failed, {summary}."));
         Outcome::Code(2)
     }
 }
