@@ -7,7 +7,7 @@
 //! the image `CUL8ER_TEST_IMAGE` (default `cul8er-busybox`). Topology names start with
 //! `cul8er-t-`, so every instance is `cul8er-t-...` and the environment script removes
 //! leftovers of runs that died.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::print_stderr)]
 
 pub mod load;
 
