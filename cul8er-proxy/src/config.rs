@@ -266,6 +266,12 @@ pub struct TimeoutConfig {
     /// the exchange is ended.
     #[serde(default = "default_body_timeout", with = "duration_text")]
     pub body: Duration,
+    /// The longest an upgraded connection (a WebSocket, or any other `101 Switching
+    /// Protocols`) may go without a byte moving in either direction; past it both
+    /// sides are closed. Long by default, as many WebSocket applications ping less
+    /// often than once a minute.
+    #[serde(default = "default_tunnel_idle", with = "duration_text")]
+    pub tunnel_idle: Duration,
 }
 
 impl Default for TimeoutConfig {
@@ -275,6 +281,7 @@ impl Default for TimeoutConfig {
             response_headers: default_response_headers_timeout(),
             idle: default_upstream_idle(),
             body: default_body_timeout(),
+            tunnel_idle: default_tunnel_idle(),
         }
     }
 }
@@ -332,6 +339,9 @@ fn default_upstream_idle() -> Duration {
 }
 fn default_body_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_tunnel_idle() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// A configuration that could not be read or is not valid.
@@ -548,6 +558,12 @@ impl ProxyConfig {
             if service.timeouts.body.is_zero() {
                 problem(format!("{at}.timeouts.body"), "must be longer than 0s");
             }
+            if service.timeouts.tunnel_idle.is_zero() {
+                problem(
+                    format!("{at}.timeouts.tunnel_idle"),
+                    "must be longer than 0s",
+                );
+            }
             let timeouts = &service.timeouts;
             let check = service.health_check.as_ref();
             for (name, duration) in [
@@ -555,6 +571,7 @@ impl ProxyConfig {
                 ("timeouts.response_headers", Some(timeouts.response_headers)),
                 ("timeouts.idle", Some(timeouts.idle)),
                 ("timeouts.body", Some(timeouts.body)),
+                ("timeouts.tunnel_idle", Some(timeouts.tunnel_idle)),
                 ("passive.base_ejection", Some(service.passive.base_ejection)),
                 ("passive.max_ejection", Some(service.passive.max_ejection)),
                 ("health_check.interval", check.map(|c| c.interval)),

@@ -27,6 +27,7 @@ use crate::config::UpstreamProtocol;
 use crate::io::{Activity, InFlight};
 use crate::runtime::{ServiceRuntime, Shared, UpstreamBody};
 use crate::server::Tunnel;
+use crate::tunnel;
 use crate::upstream;
 use hyper::client::conn::http1::SendRequest;
 
@@ -685,14 +686,27 @@ async fn forward(
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
                         let backend_upgrade = hyper::upgrade::on(&mut response);
+                        let idle = service.config.timeouts.tunnel_idle;
                         let tunnel: Tunnel = Box::pin(async move {
                             let (client, upstream) = tokio::join!(client_upgrade, backend_upgrade);
                             if let (Ok(client), Ok(upstream)) = (client, upstream) {
-                                let mut client = TokioIo::new(client);
-                                let mut upstream = TokioIo::new(upstream);
-                                tokio::select! {
-                                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                                    () = guard.backend().cut.cancelled() => {}
+                                let backend = guard.backend();
+                                let end = tunnel::pump(
+                                    TokioIo::new(client),
+                                    TokioIo::new(upstream),
+                                    idle,
+                                    &backend.cut,
+                                )
+                                .await;
+                                // A silent tunnel is closed, not failed: nothing is
+                                // counted against the backend.
+                                if end == tunnel::TunnelEnd::Idle {
+                                    tracing::debug!(
+                                        service = %backend.service, backend = %backend.name,
+                                        tunnel_idle = %crate::config::format_duration(idle),
+                                        "no byte moved either way in the tunnel for \
+                                         timeouts.tunnel_idle; closed both sides"
+                                    );
                                 }
                             }
                             drop(guard);

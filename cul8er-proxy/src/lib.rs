@@ -30,6 +30,7 @@ pub mod metrics;
 mod runtime;
 mod server;
 mod tls;
+mod tunnel;
 mod upstream;
 mod workers;
 
