@@ -222,7 +222,7 @@ async fn a_tunnel_the_backend_alone_talks_in_stays_open() {
 }
 
 #[test]
-fn a_tunnel_idle_of_zero_is_refused_with_the_field_named() {
+fn a_tunnel_idle_of_zero_or_over_a_year_is_refused_with_the_field_named() {
     let text = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
                 routes = [{ service = \"app\" }]\n\n\
                 [[services]]\nname = \"app\"\n\
@@ -242,6 +242,16 @@ fn a_tunnel_idle_of_zero_is_refused_with_the_field_named() {
         message.contains("services[app].timeouts.tunnel_idle")
             && message.contains("longer than 0s"),
         "{message}"
+    );
+
+    let too_long = cul8er_proxy::ProxyConfig::from_toml(&text.replace("0s", "8761h"), "long")
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        too_long.contains("services[app].timeouts.tunnel_idle") && too_long.contains("8760h"),
+        "{too_long}"
     );
 
     let default = cul8er_proxy::ProxyConfig::from_toml(&text.replace("0s", "1h"), "hour")
