@@ -3,7 +3,12 @@
 //! Ownership and mode travel in `X-Incus-*` headers. The mode is sent in octal with a
 //! leading zero (`0644`), because the server parses it with base detection: `644`
 //! would be read as decimal. Incus applies mode and owner only when it creates the
-//! file, and does not create parent directories.
+//! file, and does not create parent directories. A request that Incus's per-instance
+//! file helper drops mid-way (HTTP 500 "... forkfile.sock: ... connection reset by
+//! peer", seen in CI under load) is sent again, up to three times in all.
+
+use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
@@ -15,6 +20,43 @@ use crate::request::{ApiRequest, full_body};
 
 /// Largest file pulled into memory.
 const MAX_PULL: usize = 1024 * 1024 * 1024;
+
+/// How many times a file request is sent when Incus's file helper went away under it.
+const FORKFILE_ATTEMPTS: u32 = 3;
+
+/// Whether `error` is Incus losing its per-instance file helper mid-request: file
+/// requests go through a `forkfile` process that Incus starts on demand and ends when
+/// idle, and a request that reaches it as it ends fails with HTTP 500 "read unix
+/// @->/proc/self/fd/N/forkfile.sock: read: connection reset by peer".
+fn is_forkfile_lost(error: &Error) -> bool {
+    error.status() == Some(500)
+        && error
+            .api_message()
+            .is_some_and(|m| m.contains("forkfile.sock"))
+}
+
+/// Runs a file request, and sends it again (up to [`FORKFILE_ATTEMPTS`] in all, backing
+/// off) when Incus's file helper went away under it. Every file request here may be
+/// sent twice: a push overwrites the whole file, mkdir accepts an existing directory,
+/// a pull reads; a delete or symlink that had been done answers that it is gone or
+/// exists, which the caller sees.
+async fn resent_if_helper_lost<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(error) if attempt < FORKFILE_ATTEMPTS && is_forkfile_lost(&error) => {
+                tracing::debug!(attempt, %error, "Incus's file helper went away; sending the request again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
 
 /// Owner and mode of a file or directory created by a push.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,11 +175,15 @@ impl Files {
         contents: impl Into<Bytes>,
         opts: FileOptions,
     ) -> Result<()> {
-        let req = Self::with_options(self.request(Method::POST, path)?, opts)?
-            .header("x-incus-type", "file")?
-            .header("x-incus-write", "overwrite")?
-            .raw("application/octet-stream", full_body(contents.into()));
-        self.client.call_unit(req).await
+        let contents = contents.into();
+        resent_if_helper_lost(|| async {
+            let req = Self::with_options(self.request(Method::POST, path)?, opts)?
+                .header("x-incus-type", "file")?
+                .header("x-incus-write", "overwrite")?
+                .raw("application/octet-stream", full_body(contents.clone()));
+            self.client.call_unit(req).await
+        })
+        .await
     }
 
     /// Creates a directory (its parent must exist; an existing directory is fine).
@@ -145,10 +191,13 @@ impl Files {
     /// # Errors
     /// When Incus refuses.
     pub async fn mkdir(&self, path: &str, opts: FileOptions) -> Result<()> {
-        let req = Self::with_options(self.request(Method::POST, path)?, opts)?
-            .header("x-incus-type", "directory")?
-            .raw("application/octet-stream", full_body(Bytes::new()));
-        self.client.call_unit(req).await
+        resent_if_helper_lost(|| async {
+            let req = Self::with_options(self.request(Method::POST, path)?, opts)?
+                .header("x-incus-type", "directory")?
+                .raw("application/octet-stream", full_body(Bytes::new()));
+            self.client.call_unit(req).await
+        })
+        .await
     }
 
     /// Creates every missing directory of `path`, like `mkdir -p`.
@@ -171,14 +220,17 @@ impl Files {
     /// # Errors
     /// When Incus refuses.
     pub async fn symlink(&self, path: &str, target: &str) -> Result<()> {
-        let req = self
-            .request(Method::POST, path)?
-            .header("x-incus-type", "symlink")?
-            .raw(
-                "application/octet-stream",
-                full_body(Bytes::from(target.to_owned())),
-            );
-        self.client.call_unit(req).await
+        resent_if_helper_lost(|| async {
+            let req = self
+                .request(Method::POST, path)?
+                .header("x-incus-type", "symlink")?
+                .raw(
+                    "application/octet-stream",
+                    full_body(Bytes::from(target.to_owned())),
+                );
+            self.client.call_unit(req).await
+        })
+        .await
     }
 
     /// Reads `path`: a file's contents, a directory's entries or a symlink's target.
@@ -186,9 +238,12 @@ impl Files {
     /// # Errors
     /// [`crate::Error::is_not_found`] when it does not exist.
     pub async fn pull(&self, path: &str) -> Result<FileContent> {
-        let req = self.request(Method::GET, path)?;
-        let shown = req.path_and_query();
-        let (parts, body) = self.client.call_raw(req, MAX_PULL).await?;
+        let shown = self.request(Method::GET, path)?.path_and_query();
+        let (parts, body) = resent_if_helper_lost(|| async {
+            let req = self.request(Method::GET, path)?;
+            self.client.call_raw(req, MAX_PULL).await
+        })
+        .await?;
         let header = |name: &str| {
             parts
                 .headers
@@ -237,15 +292,77 @@ impl Files {
     /// # Errors
     /// When it does not exist or a directory is not empty.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        self.client
-            .call_unit(self.request(Method::DELETE, path)?)
-            .await
+        resent_if_helper_lost(|| async {
+            self.client
+                .call_unit(self.request(Method::DELETE, path)?)
+                .await
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+
+    fn refused(status: u16, message: &str) -> Error {
+        Error::Api {
+            method: Method::POST,
+            path: "/1.0/instances/web/files?path=%2Fetc%2Fx".into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    const HELPER_LOST: &str =
+        "read unix @->/proc/self/fd/75/forkfile.sock: read: connection reset by peer";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_file_helper_lost_is_sent_again() {
+        let calls = AtomicU32::new(0);
+        let result = resent_if_helper_lost(|| async {
+            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
+                Err(refused(500, HELPER_LOST))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_helper_lost_every_time_or_another_error_is_returned() {
+        let calls = AtomicU32::new(0);
+        let lost = resent_if_helper_lost(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(refused(500, HELPER_LOST))
+        })
+        .await
+        .unwrap_err();
+        assert!(is_forkfile_lost(&lost));
+        assert_eq!(calls.load(Ordering::Relaxed), FORKFILE_ATTEMPTS);
+
+        for other in [
+            refused(500, "Failed to write file: disk full"),
+            refused(404, "not found"),
+        ] {
+            let calls = AtomicU32::new(0);
+            let error = resent_if_helper_lost(|| async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(refused(
+                    other.status().unwrap(),
+                    other.api_message().unwrap(),
+                ))
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(calls.load(Ordering::Relaxed), 1, "{error}");
+        }
+    }
 
     #[test]
     fn mode_header_is_octal_with_leading_zero() {
