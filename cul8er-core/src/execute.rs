@@ -547,19 +547,11 @@ impl Executor {
                 description: String::new(),
                 config: config.clone(),
             };
-            let mut retries = 0;
-            loop {
-                match client.networks().create(&spec).await {
-                    Ok(()) => return Ok(()),
-                    // Made by an earlier, interrupted apply: update it below.
-                    Err(e) if e.is_conflict() => break,
-                    Err(e) if retries < 3 && link_vanished(e.status(), e.api_message()) => {
-                        retries += 1;
-                        tracing::debug!(network = %network.name, error = %e, "retrying the create");
-                        tokio::time::sleep(Duration::from_millis(250 << retries)).await;
-                    }
-                    Err(e) => return Err(fail("create", e)),
-                }
+            match client.networks().create(&spec).await {
+                Ok(()) => return Ok(()),
+                // Made by an earlier, interrupted apply: update it below.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(fail("create", e)),
             }
         }
         let (current, etag) = client
@@ -971,29 +963,9 @@ fn incus(
     }
 }
 
-/// Whether Incus failed to set a new bridge up because a host link vanished while it
-/// listed them: Incus 6.0 runs `ip -d -j link show` on every link, and a veth that goes
-/// away meanwhile (any instance stopping on the host) fails the create with HTTP 500
-/// "... link show vethX ... does not exist". Nothing was made, so the create is tried
-/// again.
-fn link_vanished(status: Option<u16>, message: Option<&str>) -> bool {
-    status == Some(500)
-        && message.is_some_and(|m| m.contains("link show") && m.contains("does not exist"))
-}
-
 #[cfg(test)]
 mod phase_tests {
     use super::*;
-
-    #[test]
-    fn a_bridge_create_that_lost_a_link_is_retried_and_nothing_else() {
-        let vanished = "Failed to delete bridge children interfaces: Failed to run: ip -d -j \
-            link show veth2123a875: exit status 1 (Device \"veth2123a875\" does not exist.)";
-        assert!(link_vanished(Some(500), Some(vanished)));
-        assert!(!link_vanished(Some(400), Some(vanished)));
-        assert!(!link_vanished(Some(500), Some("Network not found")));
-        assert!(!link_vanished(None, None));
-    }
 
     fn change(kind: ObjectKind, action: Action) -> Change {
         Change {

@@ -7,7 +7,6 @@
 //! file helper drops mid-way (HTTP 500 "... forkfile.sock: ... connection reset by
 //! peer", seen in CI under load) is sent again, up to three times in all.
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,12 +16,20 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::instances::instance_path;
 use crate::request::{ApiRequest, full_body};
+use crate::resend::Resend;
 
 /// Largest file pulled into memory.
 const MAX_PULL: usize = 1024 * 1024 * 1024;
 
-/// How many times a file request is sent when Incus's file helper went away under it.
-const FORKFILE_ATTEMPTS: u32 = 3;
+/// Every file request here may be sent twice: a push overwrites the whole file, mkdir
+/// accepts an existing directory, a pull reads; a delete or symlink that had been done
+/// answers that it is gone or exists, which the caller sees. So a request Incus's file
+/// helper dropped is sent again.
+const HELPER_LOST: Resend = Resend {
+    attempts: 3,
+    first_pause: Duration::from_millis(100),
+    passing: is_forkfile_lost,
+};
 
 /// Whether `error` is Incus losing its per-instance file helper mid-request: file
 /// requests go through a `forkfile` process that Incus starts on demand and ends when
@@ -33,29 +40,6 @@ fn is_forkfile_lost(error: &Error) -> bool {
         && error
             .api_message()
             .is_some_and(|m| m.contains("forkfile.sock"))
-}
-
-/// Runs a file request, and sends it again (up to [`FORKFILE_ATTEMPTS`] in all, backing
-/// off) when Incus's file helper went away under it. Every file request here may be
-/// sent twice: a push overwrites the whole file, mkdir accepts an existing directory,
-/// a pull reads; a delete or symlink that had been done answers that it is gone or
-/// exists, which the caller sees.
-async fn resent_if_helper_lost<T, F, Fut>(mut call: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(error) if attempt < FORKFILE_ATTEMPTS && is_forkfile_lost(&error) => {
-                tracing::debug!(attempt, %error, "Incus's file helper went away; sending the request again");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            outcome => return outcome,
-        }
-    }
 }
 
 /// Owner and mode of a file or directory created by a push.
@@ -176,14 +160,15 @@ impl Files {
         opts: FileOptions,
     ) -> Result<()> {
         let contents = contents.into();
-        resent_if_helper_lost(|| async {
-            let req = Self::with_options(self.request(Method::POST, path)?, opts)?
-                .header("x-incus-type", "file")?
-                .header("x-incus-write", "overwrite")?
-                .raw("application/octet-stream", full_body(contents.clone()));
-            self.client.call_unit(req).await
-        })
-        .await
+        HELPER_LOST
+            .run(|| async {
+                let req = Self::with_options(self.request(Method::POST, path)?, opts)?
+                    .header("x-incus-type", "file")?
+                    .header("x-incus-write", "overwrite")?
+                    .raw("application/octet-stream", full_body(contents.clone()));
+                self.client.call_unit(req).await
+            })
+            .await
     }
 
     /// Creates a directory (its parent must exist; an existing directory is fine).
@@ -191,13 +176,14 @@ impl Files {
     /// # Errors
     /// When Incus refuses.
     pub async fn mkdir(&self, path: &str, opts: FileOptions) -> Result<()> {
-        resent_if_helper_lost(|| async {
-            let req = Self::with_options(self.request(Method::POST, path)?, opts)?
-                .header("x-incus-type", "directory")?
-                .raw("application/octet-stream", full_body(Bytes::new()));
-            self.client.call_unit(req).await
-        })
-        .await
+        HELPER_LOST
+            .run(|| async {
+                let req = Self::with_options(self.request(Method::POST, path)?, opts)?
+                    .header("x-incus-type", "directory")?
+                    .raw("application/octet-stream", full_body(Bytes::new()));
+                self.client.call_unit(req).await
+            })
+            .await
     }
 
     /// Creates every missing directory of `path`, like `mkdir -p`.
@@ -220,17 +206,18 @@ impl Files {
     /// # Errors
     /// When Incus refuses.
     pub async fn symlink(&self, path: &str, target: &str) -> Result<()> {
-        resent_if_helper_lost(|| async {
-            let req = self
-                .request(Method::POST, path)?
-                .header("x-incus-type", "symlink")?
-                .raw(
-                    "application/octet-stream",
-                    full_body(Bytes::from(target.to_owned())),
-                );
-            self.client.call_unit(req).await
-        })
-        .await
+        HELPER_LOST
+            .run(|| async {
+                let req = self
+                    .request(Method::POST, path)?
+                    .header("x-incus-type", "symlink")?
+                    .raw(
+                        "application/octet-stream",
+                        full_body(Bytes::from(target.to_owned())),
+                    );
+                self.client.call_unit(req).await
+            })
+            .await
     }
 
     /// Reads `path`: a file's contents, a directory's entries or a symlink's target.
@@ -239,11 +226,12 @@ impl Files {
     /// [`crate::Error::is_not_found`] when it does not exist.
     pub async fn pull(&self, path: &str) -> Result<FileContent> {
         let shown = self.request(Method::GET, path)?.path_and_query();
-        let (parts, body) = resent_if_helper_lost(|| async {
-            let req = self.request(Method::GET, path)?;
-            self.client.call_raw(req, MAX_PULL).await
-        })
-        .await?;
+        let (parts, body) = HELPER_LOST
+            .run(|| async {
+                let req = self.request(Method::GET, path)?;
+                self.client.call_raw(req, MAX_PULL).await
+            })
+            .await?;
         let header = |name: &str| {
             parts
                 .headers
@@ -292,19 +280,18 @@ impl Files {
     /// # Errors
     /// When it does not exist or a directory is not empty.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        resent_if_helper_lost(|| async {
-            self.client
-                .call_unit(self.request(Method::DELETE, path)?)
-                .await
-        })
-        .await
+        HELPER_LOST
+            .run(|| async {
+                self.client
+                    .call_unit(self.request(Method::DELETE, path)?)
+                    .await
+            })
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
 
     fn refused(status: u16, message: &str) -> Error {
@@ -316,52 +303,17 @@ mod tests {
         }
     }
 
-    const HELPER_LOST: &str =
+    const HELPER_LOST_MESSAGE: &str =
         "read unix @->/proc/self/fd/75/forkfile.sock: read: connection reset by peer";
 
-    #[tokio::test(start_paused = true)]
-    async fn a_request_the_file_helper_lost_is_sent_again() {
-        let calls = AtomicU32::new(0);
-        let result = resent_if_helper_lost(|| async {
-            if calls.fetch_add(1, Ordering::Relaxed) < 2 {
-                Err(refused(500, HELPER_LOST))
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
-        assert_eq!(result.unwrap(), 7);
-        assert_eq!(calls.load(Ordering::Relaxed), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_helper_lost_every_time_or_another_error_is_returned() {
-        let calls = AtomicU32::new(0);
-        let lost = resent_if_helper_lost(|| async {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err::<(), _>(refused(500, HELPER_LOST))
-        })
-        .await
-        .unwrap_err();
-        assert!(is_forkfile_lost(&lost));
-        assert_eq!(calls.load(Ordering::Relaxed), FORKFILE_ATTEMPTS);
-
-        for other in [
-            refused(500, "Failed to write file: disk full"),
-            refused(404, "not found"),
-        ] {
-            let calls = AtomicU32::new(0);
-            let error = resent_if_helper_lost(|| async {
-                calls.fetch_add(1, Ordering::Relaxed);
-                Err::<(), _>(refused(
-                    other.status().unwrap(),
-                    other.api_message().unwrap(),
-                ))
-            })
-            .await
-            .unwrap_err();
-            assert_eq!(calls.load(Ordering::Relaxed), 1, "{error}");
-        }
+    #[test]
+    fn only_a_lost_file_helper_is_sent_again() {
+        assert!(is_forkfile_lost(&refused(500, HELPER_LOST_MESSAGE)));
+        assert!(!is_forkfile_lost(&refused(
+            500,
+            "Failed to write file: disk full"
+        )));
+        assert!(!is_forkfile_lost(&refused(404, "not found")));
     }
 
     #[test]

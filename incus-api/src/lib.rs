@@ -45,6 +45,7 @@ pub mod operations;
 pub mod profiles;
 pub mod projects;
 pub mod request;
+mod resend;
 mod response;
 pub mod server;
 pub mod snapshots;

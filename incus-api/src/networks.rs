@@ -5,13 +5,33 @@
 //! they created filter on their own `user.*` keys.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use http::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::request::{ApiRequest, encode_segment};
+use crate::resend::Resend;
+
+/// A bridge create that lost a host link made nothing, so it is sent again.
+const LINK_VANISHED: Resend = Resend {
+    attempts: 4,
+    first_pause: Duration::from_millis(500),
+    passing: link_vanished,
+};
+
+/// Whether Incus failed to set a new bridge up because a host link vanished while it
+/// listed them: Incus 6.0 runs `ip -d -j link show` on every link, and a veth that goes
+/// away meanwhile (any instance stopping on the host) fails the create with HTTP 500
+/// "... link show vethX ... does not exist".
+fn link_vanished(error: &Error) -> bool {
+    error.status() == Some(500)
+        && error
+            .api_message()
+            .is_some_and(|m| m.contains("link show") && m.contains("does not exist"))
+}
 
 /// A network as `GET /1.0/networks/{name}` returns it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -104,14 +124,15 @@ impl Networks {
             .await
     }
 
-    /// Creates a network.
+    /// Creates a network. A create Incus failed because a host link vanished while it
+    /// set the bridge up (nothing was made) is sent again, up to four times in all.
     ///
     /// # Errors
     /// [`crate::Error::is_conflict`] when it exists; Incus's message when a key or the
     /// subnet is refused.
     pub async fn create(&self, spec: &NetworkSpec) -> Result<()> {
-        self.client
-            .send_json(Method::POST, "/1.0/networks", spec)
+        LINK_VANISHED
+            .run(|| self.client.send_json(Method::POST, "/1.0/networks", spec))
             .await
     }
 
@@ -135,5 +156,34 @@ impl Networks {
         self.client
             .call_unit(ApiRequest::new(Method::DELETE, network_path(name)))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, message: &str) -> Error {
+        Error::Api {
+            method: Method::POST,
+            path: "/1.0/networks".into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_bridge_create_that_lost_a_link_is_sent_again_and_nothing_else() {
+        let vanished = "Failed to delete bridge children interfaces: Failed to run: ip -d -j \
+            link show veth2123a875: exit status 1 (Device \"veth2123a875\" does not exist.)";
+        assert!(link_vanished(&refused(500, vanished)));
+        assert!(!link_vanished(&refused(400, vanished)));
+        assert!(!link_vanished(&refused(500, "Network not found")));
+        // Not an answer of Incus at all.
+        assert!(!link_vanished(&Error::decode(
+            &Method::POST,
+            "/1.0/networks",
+            "not JSON"
+        )));
     }
 }
